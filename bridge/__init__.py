@@ -1,0 +1,1 @@
+"""Switchboard bridge: Twilio webhooks in, a durable event log, a WebSocket stream out."""

@@ -1,0 +1,138 @@
+"""Twilio webhook signatures: compute and check `X-Twilio-Signature`, exactly as Twilio signs.
+
+Pure functions, no I/O. The algorithm (see Twilio's webhook-security docs and the official SDK):
+the full URL Twilio requested, then every form parameter sorted by name, each distinct value of a repeated
+name sorted and appended as ``name + value``; HMAC-SHA1 keyed with the auth token (or, for SharedKey
+signatures, HMAC-SHA256/SHA1 keyed with the key's secret), base64. JSON bodies are signed over the URL only,
+which carries ``bodySHA256`` = hex SHA-256 of the raw body. Because Twilio is inconsistent about ports, a URL
+is accepted when it matches with the port stripped or with the scheme's default port added.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from collections.abc import Iterable, Mapping
+from urllib.parse import parse_qs, urlsplit, urlunsplit
+
+Params = Mapping[str, str] | Iterable[tuple[str, str]]
+
+_ALGORITHMS = {"HMAC_SHA1": hashlib.sha1, "HMAC_SHA256": hashlib.sha256}
+
+
+def _pairs(params: Params) -> list[tuple[str, str]]:
+    if isinstance(params, Mapping):
+        return [(str(k), str(v)) for k, v in params.items()]
+    return [(str(k), str(v)) for k, v in params]
+
+
+def signing_payload(url: str, params: Params) -> str:
+    """The string Twilio hashes: the URL, then each name with each of its distinct values, all sorted."""
+    grouped: dict[str, set[str]] = {}
+    for name, value in _pairs(params):
+        grouped.setdefault(name, set()).add(value)
+    parts = [url]
+    for name in sorted(grouped):
+        for value in sorted(grouped[name]):
+            parts.append(name + value)
+    return "".join(parts)
+
+
+def compute_signature(url: str, params: Params, secret: str, algorithm: str = "HMAC_SHA1") -> str:
+    """The base64 signature Twilio would send for a POST of ``params`` to ``url``."""
+    digest = _ALGORITHMS[algorithm]
+    mac = hmac.new(secret.encode("utf-8"), signing_payload(url, params).encode("utf-8"), digest)
+    return base64.b64encode(mac.digest()).decode("ascii")
+
+
+def _url_without_port(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.port is None:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    netloc = host if not parts.username else f"{parts.username}{':' + parts.password if parts.password else ''}@{host}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def _url_with_port(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.port is not None:
+        return url
+    default = 443 if parts.scheme == "https" else 80
+    return urlunsplit((parts.scheme, f"{parts.netloc}:{default}", parts.path, parts.query, parts.fragment))
+
+
+def url_variants(url: str) -> list[str]:
+    """The URLs a signature may have been made over: without the port, and with the default port added."""
+    variants = [_url_without_port(url), _url_with_port(url)]
+    return list(dict.fromkeys(variants))
+
+
+def parse_signature_settings(header: str | None) -> tuple[str, str | None] | None:
+    """Read ``X-Twilio-Webhooks-Signature-Settings``: (algorithm, key id), or None if it names no algorithm.
+
+    Returns ``("", None)``-free results only: an unknown algorithm comes back as given so the caller rejects it.
+    """
+    if not header:
+        return None
+    fields: dict[str, str] = {}
+    for item in header.split(","):
+        key, sep, value = item.strip().partition("=")
+        if sep:
+            fields[key.strip().lower()] = value.strip()
+    algorithm = fields.get("algorithm")
+    if not algorithm:
+        return None
+    return algorithm.upper(), fields.get("key")
+
+
+def validate(
+    url: str,
+    params: Params,
+    signature: str | None,
+    auth_token: str,
+    *,
+    raw_body: bytes | None = None,
+    settings_header: str | None = None,
+    shared_keys: Mapping[str, str] | None = None,
+) -> bool:
+    """True when ``signature`` is what Twilio would send for this request.
+
+    ``url`` is the public URL Twilio requested, raw query string included. For a JSON body pass ``raw_body``:
+    the URL's ``bodySHA256`` must match it and the body's fields are not signed. ``settings_header`` is
+    ``X-Twilio-Webhooks-Signature-Settings``; with it, the signature is checked with the named algorithm and the
+    SharedKey secret from ``shared_keys`` (by key id).
+    """
+    if not signature:
+        return False
+    secret = auth_token
+    algorithm = "HMAC_SHA1"
+    settings = parse_signature_settings(settings_header)
+    if settings is not None:
+        algorithm, key_id = settings
+        if algorithm not in _ALGORITHMS:
+            return False
+        if shared_keys is not None:
+            if key_id is None or key_id not in shared_keys:
+                return False
+            secret = shared_keys[key_id]
+    signed_params: Params = params
+    query = parse_qs(urlsplit(url).query, keep_blank_values=True)
+    if "bodySHA256" in query:
+        if raw_body is None:
+            return False
+        expected = hashlib.sha256(raw_body).hexdigest()
+        if not hmac.compare_digest(expected, query["bodySHA256"][0]):
+            return False
+        signed_params = ()
+    elif raw_body is not None:
+        return False
+    ok = False
+    for candidate in url_variants(url):
+        computed = compute_signature(candidate, signed_params, secret, algorithm)
+        # Evaluate every variant so timing does not reveal which one matched.
+        ok |= hmac.compare_digest(computed.encode("ascii"), signature.encode("utf-8", "surrogateescape"))
+    return ok

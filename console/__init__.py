@@ -1,0 +1,1 @@
+"""Switchboard console (the agents' terminal app)."""
