@@ -1,0 +1,523 @@
+"""Texts as the support desk sees them: inbound messages, delivery statuses, opt-outs and agents' replies.
+
+Each ``record_*`` function is one store operation: it runs inside the writer's transaction, changes current
+state and appends the events that say what happened, all or nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from bridge import protocol
+from bridge.store import STATUS_RANK, StoredEvent, Tx
+from bridge.twilio_errors import describe_error
+from bridge.types import E164, ConversationId, MessageId, MessageSid, conversation_id
+
+# Twilio's default opt-out and opt-in keywords on long codes; the whole body must be the keyword.
+STOP_KEYWORDS = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE", "OPTOUT"})
+START_KEYWORDS = frozenset({"START", "UNSTOP", "YES"})
+OPTED_OUT_ERROR = 21610
+
+_SID = re.compile(r"^(SM|MM)[0-9a-fA-F]{32}$")
+_ANY_SID = re.compile(r"^[A-Z]{2}[0-9a-fA-F]{32}$")
+_E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
+MAX_MEDIA = 10
+PREVIEW_CHARS = 120
+
+
+class BadWebhook(ValueError):
+    """A webhook the bridge refuses; the message is the one-line reason sent back with a 4xx."""
+
+
+@dataclass(frozen=True, slots=True)
+class Media:
+    url: str
+    content_type: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"url": self.url, "content_type": self.content_type}
+
+
+@dataclass(frozen=True, slots=True)
+class InboundMessage:
+    """An inbound SMS or MMS webhook, checked."""
+
+    sid: MessageSid
+    account_sid: str
+    from_number: E164
+    to_number: E164
+    body: str
+    media: tuple[Media, ...] = ()
+    num_segments: int | None = None
+    messaging_service_sid: str | None = None
+    opt_out_type: str | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_params(cls, params: Sequence[tuple[str, str]]) -> InboundMessage:
+        form = _first_values(params)
+        sid = form.get("MessageSid") or form.get("SmsMessageSid") or form.get("SmsSid")
+        if not sid:
+            raise BadWebhook("missing MessageSid")
+        if not _SID.match(sid):
+            raise BadWebhook("MessageSid is not a Twilio message SID (SM… or MM… and 32 hex digits)")
+        from_number = _number(form, "From")
+        to_number = _number(form, "To")
+        num_media = _count(form, "NumMedia", limit=MAX_MEDIA)
+        media = []
+        for n in range(num_media):
+            url = form.get(f"MediaUrl{n}")
+            if not url:
+                raise BadWebhook(f"NumMedia is {num_media} but MediaUrl{n} is missing")
+            media.append(Media(url=url, content_type=form.get(f"MediaContentType{n}", "")))
+        segments = form.get("NumSegments")
+        extra = {k: form[k] for k in _GEO_FIELDS if form.get(k)}
+        if form.get("ProfileName"):
+            extra["ProfileName"] = form["ProfileName"]
+        return cls(
+            sid=MessageSid(sid),
+            account_sid=form.get("AccountSid", ""),
+            from_number=from_number,
+            to_number=to_number,
+            body=form.get("Body", ""),
+            media=tuple(media),
+            num_segments=int(segments) if segments and segments.isdigit() else None,
+            messaging_service_sid=form.get("MessagingServiceSid") or None,
+            opt_out_type=(form.get("OptOutType") or "").upper() or None,
+            extra=extra,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class StatusCallback:
+    """A delivery status callback for an outbound message, checked."""
+
+    sid: MessageSid
+    status: str
+    error_code: int | None
+    error_message: str | None
+    to_number: str | None
+    from_number: str | None
+    raw_dlr_done_date: str | None
+
+    @classmethod
+    def from_params(cls, params: Sequence[tuple[str, str]]) -> StatusCallback:
+        form = _first_values(params)
+        sid = form.get("MessageSid") or form.get("SmsSid")
+        if not sid:
+            raise BadWebhook("missing MessageSid")
+        if not _SID.match(sid):
+            raise BadWebhook("MessageSid is not a Twilio message SID (SM… or MM… and 32 hex digits)")
+        status = (form.get("MessageStatus") or form.get("SmsStatus") or "").lower()
+        if not status:
+            raise BadWebhook("missing MessageStatus")
+        if status not in STATUS_RANK:
+            raise BadWebhook(f"unknown MessageStatus {status[:40]!r}")
+        code_text = form.get("ErrorCode") or ""
+        if code_text and not code_text.isdigit():
+            raise BadWebhook("ErrorCode must be a number")
+        code = int(code_text) if code_text else None
+        return cls(
+            sid=MessageSid(sid),
+            status=status,
+            error_code=code,
+            error_message=form.get("ErrorMessage") or (describe_error(code) if code else None),
+            to_number=form.get("To"),
+            from_number=form.get("From"),
+            raw_dlr_done_date=form.get("RawDlrDoneDate"),
+        )
+
+
+_GEO_FIELDS = ("FromCity", "FromState", "FromZip", "FromCountry", "ToCity", "ToState", "ToZip", "ToCountry")
+
+
+def _first_values(params: Sequence[tuple[str, str]]) -> dict[str, str]:
+    form: dict[str, str] = {}
+    for key, value in params:
+        form.setdefault(key, value)
+    return form
+
+
+def _number(form: dict[str, str], name: str) -> E164:
+    value = form.get(name)
+    if not value:
+        raise BadWebhook(f"missing {name}")
+    # Twilio sends E.164 for phone numbers; other channels (whatsapp:+1…) keep their prefix.
+    bare = value.split(":", 1)[1] if value.startswith(("whatsapp:", "messenger:", "rcs:")) else value
+    if not _E164.match(bare):
+        raise BadWebhook(f"{name} is not an E.164 phone number")
+    return E164(value)
+
+
+def _count(form: dict[str, str], name: str, limit: int) -> int:
+    text = form.get(name, "0") or "0"
+    if not text.isdigit() or int(text) > limit:
+        raise BadWebhook(f"{name} must be a whole number from 0 to {limit}")
+    return int(text)
+
+
+def opt_out_intent(body: str, opt_out_type: str | None) -> bool | None:
+    """True for an opt-out keyword, False for an opt-in keyword, None otherwise."""
+    if opt_out_type == "STOP":
+        return True
+    if opt_out_type == "START":
+        return False
+    word = body.strip().upper()
+    if word in STOP_KEYWORDS:
+        return True
+    if word in START_KEYWORDS:
+        return False
+    return None
+
+
+def preview(body: str, media: Sequence[Media] = ()) -> str:
+    text = " ".join(body.split())
+    if not text and media:
+        text = f"[{len(media)} attachment{'s' if len(media) > 1 else ''}]"
+    return text[:PREVIEW_CHARS]
+
+
+# -- store operations -------------------------------------------------------------------------------------------
+
+
+def ensure_conversation(tx: Tx, twilio_number: str, customer_number: str) -> ConversationId:
+    cid = conversation_id(twilio_number, customer_number)
+    tx.execute(
+        "INSERT INTO conversations (id, twilio_number, customer_number, created_at) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT(id) DO NOTHING",
+        (cid, twilio_number, customer_number, tx.now),
+    )
+    return cid
+
+
+def _touch_conversation(tx: Tx, cid: str, text: str) -> None:
+    tx.execute("UPDATE conversations SET last_message_at = ?, last_preview = ? WHERE id = ?", (tx.now, text, cid))
+
+
+def set_opt_out(tx: Tx, twilio_number: str, customer_number: str, opted_out: bool, reason: str) -> None:
+    """Record an opt-out change, with an event, only if it changes anything."""
+    row = tx.one(
+        "SELECT opted_out FROM opt_outs WHERE twilio_number = ? AND customer_number = ?",
+        (twilio_number, customer_number),
+    )
+    current = bool(row[0]) if row is not None else False
+    if current == opted_out:
+        return
+    tx.execute(
+        "INSERT INTO opt_outs (twilio_number, customer_number, opted_out, reason, updated_at) VALUES (?, ?, ?, ?, ?) "
+        "ON CONFLICT(twilio_number, customer_number) DO UPDATE SET opted_out = excluded.opted_out, "
+        "reason = excluded.reason, updated_at = excluded.updated_at",
+        (twilio_number, customer_number, int(opted_out), reason, tx.now),
+    )
+    tx.append(
+        protocol.OPTOUT_CHANGED,
+        {
+            "conversation_id": ensure_conversation(tx, twilio_number, customer_number),
+            "twilio_number": twilio_number,
+            "customer_number": customer_number,
+            "opted_out": opted_out,
+            "reason": reason,
+        },
+    )
+
+
+def is_opted_out(conn: Any, twilio_number: str, customer_number: str) -> bool:
+    row = conn.execute(
+        "SELECT opted_out FROM opt_outs WHERE twilio_number = ? AND customer_number = ?",
+        (twilio_number, customer_number),
+    ).fetchone()
+    return bool(row[0]) if row is not None else False
+
+
+def record_inbound(tx: Tx, msg: InboundMessage, idempotency_token: str | None) -> list[StoredEvent] | None:
+    """Store an inbound text; None if this MessageSid (or idempotency token) was already recorded."""
+    keys = [f"sms:{msg.sid}"] + ([f"token:{idempotency_token}"] if idempotency_token else [])
+    if not tx.claim_keys(keys):
+        return None
+    cid = ensure_conversation(tx, msg.to_number, msg.from_number)
+    media = [m.to_json() for m in msg.media]
+    tx.execute(
+        "INSERT INTO messages (id, sid, conversation_id, direction, body, media, status, created_at, updated_at) "
+        "VALUES (?, ?, ?, 'inbound', ?, ?, 'received', ?, ?)",
+        (msg.sid, msg.sid, cid, msg.body, json.dumps(media), tx.now, tx.now),
+    )
+    _touch_conversation(tx, cid, preview(msg.body, msg.media))
+    data: dict[str, Any] = {
+        "message_id": msg.sid,
+        "message_sid": msg.sid,
+        "conversation_id": cid,
+        "twilio_number": msg.to_number,
+        "customer_number": msg.from_number,
+        "body": msg.body,
+        "media": media,
+        "num_segments": msg.num_segments,
+        "received_at": tx.now,
+    }
+    if msg.messaging_service_sid:
+        data["messaging_service_sid"] = msg.messaging_service_sid
+    if msg.extra:
+        data["details"] = msg.extra
+    tx.append(protocol.MESSAGE_RECEIVED, data)
+    intent = opt_out_intent(msg.body, msg.opt_out_type)
+    if intent is not None:
+        word = msg.opt_out_type or msg.body.strip().upper()
+        set_opt_out(tx, msg.to_number, msg.from_number, intent, f"customer texted {word}")
+    return tx.events
+
+
+def _apply_status(tx: Tx, row: Any, status: str, error_code: int | None, error_message: str | None) -> tuple[str, bool]:
+    """Move a message to ``status`` if it outranks the current one; returns (effective status, applied)."""
+    current = str(row["status"])
+    if STATUS_RANK.get(status, -1) <= STATUS_RANK.get(current, -1):
+        return current, False
+    tx.execute(
+        "UPDATE messages SET status = ?, error_code = coalesce(?, error_code), "
+        "error_message = coalesce(?, error_message), updated_at = ? WHERE id = ?",
+        (status, error_code, error_message, tx.now, row["id"]),
+    )
+    return status, True
+
+
+def record_status(tx: Tx, cb: StatusCallback, idempotency_token: str | None) -> list[StoredEvent] | None:
+    """Apply a status callback by precedence; keep it for later if the message is not recorded yet."""
+    keys = [f"status:{cb.sid}:{cb.status}:{cb.error_code or ''}"]
+    if idempotency_token:
+        keys.append(f"token:{idempotency_token}")
+    if not tx.claim_keys(keys):
+        return None
+    row = tx.one("SELECT id, conversation_id, status, direction FROM messages WHERE sid = ?", (cb.sid,))
+    data: dict[str, Any] = {
+        "message_sid": cb.sid,
+        "reported": cb.status,
+        "error_code": cb.error_code,
+        "error_message": cb.error_message,
+    }
+    if cb.raw_dlr_done_date:
+        data["raw_dlr_done_date"] = cb.raw_dlr_done_date
+    if row is None:
+        tx.execute(
+            "INSERT INTO early_statuses (sid, status, error_code, error_message, received_at) VALUES (?, ?, ?, ?, ?)",
+            (cb.sid, cb.status, cb.error_code, cb.error_message, tx.now),
+        )
+        data.update(message_id=None, conversation_id=None, status=cb.status, applied=False)
+        tx.append(protocol.MESSAGE_STATUS, data)
+        return tx.events
+    effective, applied = _apply_status(tx, row, cb.status, cb.error_code, cb.error_message)
+    data.update(message_id=row["id"], conversation_id=row["conversation_id"], status=effective, applied=applied)
+    tx.append(protocol.MESSAGE_STATUS, data)
+    if cb.error_code == OPTED_OUT_ERROR:
+        _opt_out_after_error(tx, str(row["conversation_id"]))
+    return tx.events
+
+
+def _opt_out_after_error(tx: Tx, cid: str) -> None:
+    conv = tx.one("SELECT twilio_number, customer_number FROM conversations WHERE id = ?", (cid,))
+    if conv is not None:
+        set_opt_out(tx, conv[0], conv[1], True, f"Twilio error {OPTED_OUT_ERROR}: the customer has opted out")
+
+
+# -- agents' replies --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Conversation:
+    id: ConversationId
+    twilio_number: E164
+    customer_number: E164
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundDraft:
+    """A reply an agent asked to send, validated, ready to be recorded."""
+
+    agent: str
+    command_id: str
+    conversation: Conversation
+    body: str
+    media_urls: tuple[str, ...]
+    encoding: str
+    segments: int
+
+
+@dataclass(frozen=True, slots=True)
+class CommandRecord:
+    """A command already known to the store: running, or done with its result frame."""
+
+    state: str
+    result: dict[str, Any] | None
+    message_id: str | None
+    args: dict[str, Any]
+    created_at: str
+
+
+def find_command(conn: Any, agent: str, command_id: str) -> CommandRecord | None:
+    row = conn.execute(
+        "SELECT state, result, message_id, args, created_at FROM commands WHERE agent = ? AND id = ?",
+        (agent, command_id),
+    ).fetchone()
+    if row is None:
+        return None
+    return CommandRecord(
+        state=row[0],
+        result=json.loads(row[1]) if row[1] else None,
+        message_id=row[2],
+        args=json.loads(row[3]),
+        created_at=row[4],
+    )
+
+
+def record_command_result(
+    tx: Tx, agent: str, command_id: str, command: str, args: dict[str, Any], result: protocol.Result
+) -> protocol.Result:
+    """Store a command that finished without sending anything (refused before Twilio), so a resend agrees."""
+    existing = find_command(tx.conn, agent, command_id)
+    if existing is not None and existing.result is not None:
+        return _result_from_frame(existing.result)
+    tx.execute(
+        "INSERT INTO commands (agent, id, command, args, state, result, created_at, updated_at) "
+        "VALUES (?, ?, ?, ?, 'done', ?, ?, ?)",
+        (agent, command_id, command, json.dumps(args), json.dumps(result.to_frame()), tx.now, tx.now),
+    )
+    return result
+
+
+def _result_from_frame(frame: dict[str, Any]) -> protocol.Result:
+    parsed = protocol.parse_server_frame(json.dumps(frame))
+    assert isinstance(parsed, protocol.Result)
+    return parsed
+
+
+def record_outbound(tx: Tx, draft: OutboundDraft, args: dict[str, Any]) -> tuple[MessageId, CommandRecord | None]:
+    """Record the reply and its command before Twilio is called; returns the existing command if a resend."""
+    existing = find_command(tx.conn, draft.agent, draft.command_id)
+    if existing is not None:
+        return MessageId(existing.message_id or ""), existing
+    message_id = MessageId("OB" + secrets.token_hex(16))
+    conv = draft.conversation
+    tx.execute(
+        "INSERT INTO commands (agent, id, command, args, state, message_id, created_at, updated_at) "
+        "VALUES (?, ?, ?, ?, 'running', ?, ?, ?)",
+        (draft.agent, draft.command_id, protocol.SEND_SMS, json.dumps(args), message_id, tx.now, tx.now),
+    )
+    media = [{"url": url, "content_type": None} for url in draft.media_urls]
+    tx.execute(
+        "INSERT INTO messages (id, conversation_id, direction, body, media, status, agent, command_id, encoding, "
+        "segments, created_at, updated_at) VALUES (?, ?, 'outbound', ?, ?, 'sending', ?, ?, ?, ?, ?, ?)",
+        (
+            message_id,
+            conv.id,
+            draft.body,
+            json.dumps(media),
+            draft.agent,
+            draft.command_id,
+            draft.encoding,
+            draft.segments,
+            tx.now,
+            tx.now,
+        ),
+    )
+    _touch_conversation(tx, conv.id, preview(draft.body))
+    tx.append(
+        protocol.MESSAGE_OUTBOUND,
+        {
+            "message_id": message_id,
+            "conversation_id": conv.id,
+            "twilio_number": conv.twilio_number,
+            "customer_number": conv.customer_number,
+            "body": draft.body,
+            "media": media,
+            "agent": draft.agent,
+            "command_id": draft.command_id,
+            "encoding": draft.encoding,
+            "segments": draft.segments,
+            "status": "sending",
+        },
+    )
+    return message_id, None
+
+
+def _finish_command(tx: Tx, agent: str, command_id: str, result: protocol.Result) -> None:
+    tx.execute(
+        "UPDATE commands SET state = 'done', result = ?, updated_at = ? WHERE agent = ? AND id = ?",
+        (json.dumps(result.to_frame()), tx.now, agent, command_id),
+    )
+
+
+def record_submitted(
+    tx: Tx, agent: str, command_id: str, message_id: str, sid: str, status: str, result: protocol.Result
+) -> None:
+    """Twilio accepted the reply: keep its SID, then apply any status callback that raced ahead of us."""
+    row = tx.one("SELECT id, conversation_id, status FROM messages WHERE id = ?", (message_id,))
+    if row is None:
+        raise LookupError(f"no message {message_id}")
+    tx.execute("UPDATE messages SET sid = ?, updated_at = ? WHERE id = ?", (sid, tx.now, message_id))
+    effective, _ = _apply_status(tx, row, status if status in STATUS_RANK else "queued", None, None)
+    tx.append(
+        protocol.MESSAGE_SUBMITTED,
+        {"message_id": message_id, "message_sid": sid, "conversation_id": row["conversation_id"], "status": effective},
+    )
+    early = tx.execute(
+        "SELECT id, status, error_code, error_message FROM early_statuses WHERE sid = ? ORDER BY id", (sid,)
+    ).fetchall()
+    for item in early:
+        current = tx.one("SELECT id, conversation_id, status FROM messages WHERE id = ?", (message_id,))
+        effective, applied = _apply_status(tx, current, item["status"], item["error_code"], item["error_message"])
+        tx.append(
+            protocol.MESSAGE_STATUS,
+            {
+                "message_sid": sid,
+                "message_id": message_id,
+                "conversation_id": row["conversation_id"],
+                "status": effective,
+                "reported": item["status"],
+                "error_code": item["error_code"],
+                "error_message": item["error_message"],
+                "applied": applied,
+            },
+        )
+        if item["error_code"] == OPTED_OUT_ERROR:
+            _opt_out_after_error(tx, str(row["conversation_id"]))
+    tx.execute("DELETE FROM early_statuses WHERE sid = ?", (sid,))
+    _finish_command(tx, agent, command_id, result)
+
+
+def record_rejected(
+    tx: Tx,
+    agent: str,
+    command_id: str,
+    message_id: str,
+    error_code: int | None,
+    error_message: str,
+    hint: str,
+    result: protocol.Result,
+) -> None:
+    """Twilio (or the bridge, after its retries) refused the reply: say why on the message."""
+    row = tx.one("SELECT conversation_id FROM messages WHERE id = ?", (message_id,))
+    if row is None:
+        raise LookupError(f"no message {message_id}")
+    tx.execute(
+        "UPDATE messages SET status = 'failed', error_code = ?, error_message = ?, updated_at = ? WHERE id = ?",
+        (error_code, error_message, tx.now, message_id),
+    )
+    tx.append(
+        protocol.MESSAGE_REJECTED,
+        {
+            "message_id": message_id,
+            "conversation_id": row[0],
+            "error_code": error_code,
+            "error_message": error_message,
+            "hint": hint,
+        },
+    )
+    if error_code == OPTED_OUT_ERROR:
+        _opt_out_after_error(tx, str(row[0]))
+    _finish_command(tx, agent, command_id, result)
+
+
+def is_twilio_sid(value: str) -> bool:
+    return bool(_ANY_SID.match(value))

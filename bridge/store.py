@@ -1,0 +1,452 @@
+"""The event log and current state, in SQLite, with group commit.
+
+Every accepted webhook and every agent command becomes an event with a gap-free, strictly increasing ``seq``,
+given in the same commit that stores it. Writes are *operations* (plain functions over one transaction) handed
+to a single writer, which drains its queue and commits a whole batch at once; each caller awaits its batch's
+commit, so an acknowledgement always means the event survives ``kill -9`` while the fsync cost is shared.
+
+``EventStore`` is the small interface the rest of the bridge uses (append, read after seq, state queries);
+``SqliteStore`` implements it. A server database (PostgreSQL with LISTEN/NOTIFY) can implement it too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import secrets
+import sqlite3
+import threading
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import sqlite_utils
+from sqlite_utils.migrations import Migrations
+
+T = TypeVar("T")
+
+# Delivery status precedence: a callback never moves a message to a lower rank. Terminal statuses share a
+# rank, so the first one recorded wins (a late "failed" does not overwrite "delivered"); "read" outranks all.
+STATUS_RANK: dict[str, int] = {
+    "scheduled": 0,
+    "accepted": 0,
+    "queued": 0,
+    "sending": 1,
+    "sent": 2,
+    "delivered": 3,
+    "undelivered": 3,
+    "failed": 3,
+    "canceled": 3,
+    "partially_delivered": 3,
+    "read": 4,
+}
+
+
+def utc_now() -> str:
+    """Now, as the log writes times: ISO 8601 UTC with milliseconds."""
+    now = datetime.now(UTC)
+    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+
+
+def hash_token(token: str) -> str:
+    """Agent tokens are 256-bit random strings, so one SHA-256 is enough to store them safely."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """An event as committed: its frame is encoded once and sent to every console as is."""
+
+    seq: int
+    type: str
+    ts: str
+    data_json: str
+
+    @property
+    def data(self) -> dict[str, Any]:
+        value: dict[str, Any] = json.loads(self.data_json)
+        return value
+
+    def frame(self) -> str:
+        return f'{{"seq":{self.seq},"type":{json.dumps(self.type)},"ts":"{self.ts}","data":{self.data_json}}}'
+
+
+@dataclass(frozen=True, slots=True)
+class Agent:
+    name: str
+    created_at: str
+    revoked_at: str | None
+    phone: str | None
+
+
+class Tx:
+    """One operation's view of the writer's transaction: append events and change state."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.events: list[StoredEvent] = []
+        self.now = utc_now()
+
+    def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> sqlite3.Cursor:
+        return self.conn.execute(sql, params)
+
+    def one(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
+        row: sqlite3.Row | None = self.conn.execute(sql, params).fetchone()
+        return row
+
+    def claim_keys(self, keys: Iterable[str]) -> bool:
+        """Record idempotency keys; False (and nothing recorded) if any was seen before."""
+        keys = [k for k in keys if k]
+        if not keys:
+            return True
+        marks = ",".join("?" * len(keys))
+        if self.one(f"SELECT 1 FROM seen_keys WHERE key IN ({marks}) LIMIT 1", keys):
+            return False
+        self.conn.executemany("INSERT INTO seen_keys (key, seen_at) VALUES (?, ?)", [(k, self.now) for k in keys])
+        return True
+
+    def append(self, type: str, data: dict[str, Any]) -> StoredEvent:
+        data_json = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+        cur = self.conn.execute("INSERT INTO events (type, ts, data) VALUES (?, ?, ?)", (type, self.now, data_json))
+        seq = cur.lastrowid
+        assert seq is not None
+        event = StoredEvent(seq=seq, type=type, ts=self.now, data_json=data_json)
+        self.events.append(event)
+        return event
+
+
+Operation = Callable[[Tx], T]
+
+
+@dataclass
+class _Pending:
+    op: Operation[Any]
+    future: asyncio.Future[Any]
+
+
+@dataclass
+class _Outcome:
+    value: Any = None
+    error: BaseException | None = None
+    events: list[StoredEvent] = field(default_factory=list)
+
+
+class EventStore(Protocol):
+    """What the bridge needs from a store. SQLite implements it here; PostgreSQL can later."""
+
+    async def start(self) -> None: ...
+    async def close(self) -> None: ...
+    def subscribe_commits(self, callback: Callable[[list[StoredEvent]], None]) -> None: ...
+    async def write(self, op: Operation[T]) -> T: ...
+    async def read(self, query: Callable[[sqlite3.Connection], T]) -> T: ...
+    async def read_after(self, seq: int, limit: int = 1000) -> list[StoredEvent]: ...
+    async def head(self) -> int: ...
+
+
+migrations = Migrations("switchboard-bridge")
+
+
+@migrations()
+def m001_event_log(db: sqlite_utils.Database) -> None:
+    db.execute(
+        """CREATE TABLE events (
+            seq INTEGER PRIMARY KEY,   -- rowid: max+1 inside the writer's transaction, so gap-free
+            type TEXT NOT NULL,
+            ts TEXT NOT NULL,
+            data TEXT NOT NULL
+        )"""
+    )
+    db.execute("CREATE TABLE seen_keys (key TEXT PRIMARY KEY, seen_at TEXT NOT NULL) WITHOUT ROWID")
+    db.execute(
+        """CREATE TABLE agents (
+            name TEXT PRIMARY KEY,
+            token_hash TEXT NOT NULL UNIQUE,
+            created_at TEXT NOT NULL,
+            revoked_at TEXT,
+            phone TEXT
+        )"""
+    )
+    db.execute(
+        """CREATE TABLE conversations (
+            id TEXT PRIMARY KEY,
+            twilio_number TEXT NOT NULL,
+            customer_number TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            last_message_at TEXT,
+            last_preview TEXT,
+            UNIQUE (twilio_number, customer_number)
+        )"""
+    )
+    db.execute(
+        """CREATE TABLE messages (
+            id TEXT PRIMARY KEY,
+            sid TEXT UNIQUE,
+            conversation_id TEXT NOT NULL REFERENCES conversations(id),
+            direction TEXT NOT NULL,          -- inbound | outbound
+            body TEXT NOT NULL,
+            media TEXT NOT NULL DEFAULT '[]',
+            status TEXT NOT NULL,
+            error_code INTEGER,
+            error_message TEXT,
+            agent TEXT,
+            command_id TEXT,
+            encoding TEXT,
+            segments INTEGER,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        )"""
+    )
+    db.execute("CREATE INDEX messages_by_conversation ON messages (conversation_id, created_at)")
+    db.execute(
+        """CREATE TABLE early_statuses (  -- callbacks for messages not yet recorded as sent
+            id INTEGER PRIMARY KEY,
+            sid TEXT NOT NULL,
+            status TEXT NOT NULL,
+            error_code INTEGER,
+            error_message TEXT,
+            received_at TEXT NOT NULL
+        )"""
+    )
+    db.execute("CREATE INDEX early_statuses_by_sid ON early_statuses (sid)")
+    db.execute(
+        """CREATE TABLE opt_outs (
+            twilio_number TEXT NOT NULL,
+            customer_number TEXT NOT NULL,
+            opted_out INTEGER NOT NULL,
+            reason TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            PRIMARY KEY (twilio_number, customer_number)
+        ) WITHOUT ROWID"""
+    )
+    db.execute(
+        """CREATE TABLE commands (
+            agent TEXT NOT NULL,
+            id TEXT NOT NULL,
+            command TEXT NOT NULL,
+            args TEXT NOT NULL,
+            state TEXT NOT NULL,      -- running | done
+            result TEXT,              -- the Result frame, once done
+            message_id TEXT,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            PRIMARY KEY (agent, id)
+        ) WITHOUT ROWID"""
+    )
+
+
+def _connect(path: Path | str) -> sqlite3.Connection:
+    conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30.0)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA busy_timeout=30000")
+    return conn
+
+
+def open_database(path: Path | str) -> sqlite_utils.Database:
+    """Open (creating and migrating if needed) the bridge database at ``path``."""
+    if str(path) != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    conn = _connect(path)
+    db = sqlite_utils.Database(conn)
+    migrations.apply(db)
+    return db
+
+
+class SqliteStore:
+    """The event log and current state in one SQLite file (WAL, synchronous=FULL), with group commit."""
+
+    def __init__(self, path: Path | str, max_batch: int = 512) -> None:
+        self.path = Path(path)
+        self.max_batch = max_batch
+        self._db = open_database(self.path)
+        self._writer_conn = self._db.conn
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self._queue: asyncio.Queue[_Pending | None] | None = None
+        self._writer_task: asyncio.Task[None] | None = None
+        self._listeners: list[Callable[[list[StoredEvent]], None]] = []
+        self.batches_committed = 0
+        self.ops_committed = 0
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._queue = asyncio.Queue()
+        self._writer_task = asyncio.create_task(self._writer(), name="store-writer")
+
+    async def close(self) -> None:
+        if self._queue is not None and self._writer_task is not None:
+            await self._queue.put(None)
+            await self._writer_task
+        self._writer_task = None
+        self._queue = None
+        with self._readers_lock:
+            for conn in self._readers:
+                conn.close()
+            self._readers.clear()
+        self._writer_conn.close()
+
+    def subscribe_commits(self, callback: Callable[[list[StoredEvent]], None]) -> None:
+        """Call ``callback`` in the event loop with each batch's events, in seq order, right after commit."""
+        self._listeners.append(callback)
+
+    # -- writing ---------------------------------------------------------------------------------------------
+
+    def write(self, op: Operation[T]) -> Awaitable[T]:
+        """Run ``op`` in the next batch; resolves once that batch is committed (or with op's exception)."""
+        if self._queue is None:
+            raise RuntimeError("the store is not started")
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Pending(op, future))
+        return future
+
+    async def _writer(self) -> None:
+        assert self._queue is not None
+        queue = self._queue
+        stopping = False
+        while not stopping:
+            first = await queue.get()
+            if first is None:
+                break
+            batch = [first]
+            while len(batch) < self.max_batch:
+                try:
+                    item = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    break
+                if item is None:
+                    stopping = True
+                    break
+                batch.append(item)
+            try:
+                outcomes = await asyncio.to_thread(self._commit_batch, [p.op for p in batch])
+            except BaseException as exc:  # the commit itself failed: nobody in the batch is acknowledged
+                for pending in batch:
+                    if not pending.future.done():
+                        pending.future.set_exception(exc if isinstance(exc, Exception) else RuntimeError(exc))
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            events = [event for outcome in outcomes for event in outcome.events]
+            if events:
+                for listener in self._listeners:
+                    listener(events)
+            for pending, outcome in zip(batch, outcomes, strict=True):
+                if pending.future.done():  # the caller went away; the work is committed all the same
+                    continue
+                if outcome.error is not None:
+                    pending.future.set_exception(outcome.error)
+                else:
+                    pending.future.set_result(outcome.value)
+
+    def _commit_batch(self, ops: list[Operation[Any]]) -> list[_Outcome]:
+        conn = self._writer_conn
+        outcomes: list[_Outcome] = []
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for op in ops:
+                tx = Tx(conn)
+                conn.execute("SAVEPOINT op")
+                try:
+                    value = op(tx)
+                except Exception as exc:  # this operation alone is undone; the rest of the batch commits
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                    outcomes.append(_Outcome(error=exc))
+                    continue
+                conn.execute("RELEASE op")
+                outcomes.append(_Outcome(value=value, events=tx.events))
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        self.batches_committed += 1
+        self.ops_committed += len(ops)
+        return outcomes
+
+    # -- reading ---------------------------------------------------------------------------------------------
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = _connect(self.path)
+            self._local.conn = conn
+            with self._readers_lock:
+                self._readers.append(conn)
+        return conn
+
+    def read_sync(self, query: Callable[[sqlite3.Connection], T]) -> T:
+        """Run a read-only query on this thread's reader connection (a consistent WAL snapshot)."""
+        conn = self._reader()
+        conn.execute("BEGIN")
+        try:
+            return query(conn)
+        finally:
+            conn.execute("COMMIT")
+
+    async def read(self, query: Callable[[sqlite3.Connection], T]) -> T:
+        """Run a read-only query off the event loop."""
+        return await asyncio.to_thread(self.read_sync, query)
+
+    async def read_after(self, seq: int, limit: int = 1000) -> list[StoredEvent]:
+        def query(conn: sqlite3.Connection) -> list[StoredEvent]:
+            rows = conn.execute(
+                "SELECT seq, type, ts, data FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)
+            ).fetchall()
+            return [StoredEvent(r[0], r[1], r[2], r[3]) for r in rows]
+
+        return await self.read(query)
+
+    async def head(self) -> int:
+        return await self.read(lambda conn: int(conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]))
+
+
+# -- agents (also used by the CLI while a bridge runs: plain short transactions) --------------------------------
+
+
+def add_agent(db: sqlite_utils.Database, name: str) -> str:
+    """Create agent ``name`` (or give a revoked one a fresh start) and return its new token, shown only once."""
+    token = "sb_" + secrets.token_urlsafe(32)
+    now = utc_now()
+    with db.atomic():
+        row = db.execute("SELECT revoked_at FROM agents WHERE name = ?", [name]).fetchone()
+        if row is not None and row[0] is None:
+            raise ValueError(f"agent {name!r} already exists; revoke it first to issue a new token")
+        db.execute(
+            "INSERT INTO agents (name, token_hash, created_at) VALUES (?, ?, ?) "
+            "ON CONFLICT(name) DO UPDATE SET token_hash = excluded.token_hash, created_at = excluded.created_at, "
+            "revoked_at = NULL",
+            [name, hash_token(token), now],
+        )
+    return token
+
+
+def list_agents(db: sqlite_utils.Database) -> list[Agent]:
+    rows = db.execute("SELECT name, created_at, revoked_at, phone FROM agents ORDER BY name").fetchall()
+    return [Agent(*row) for row in rows]
+
+
+def revoke_agent(db: sqlite_utils.Database, name: str) -> bool:
+    """Revoke ``name``'s token; False if there is no such active agent."""
+    with db.atomic():
+        cur = db.execute("UPDATE agents SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL", [utc_now(), name])
+    return bool(cur.rowcount)
+
+
+def agent_for_token(conn: sqlite3.Connection, token: str) -> str | None:
+    """The active agent holding ``token``, if any."""
+    row = conn.execute(
+        "SELECT name FROM agents WHERE token_hash = ? AND revoked_at IS NULL", (hash_token(token),)
+    ).fetchone()
+    return None if row is None else str(row[0])
+
+
+def revoked_agents(conn: sqlite3.Connection) -> set[str]:
+    return {str(r[0]) for r in conn.execute("SELECT name FROM agents WHERE revoked_at IS NOT NULL")}

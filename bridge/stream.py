@@ -1,0 +1,149 @@
+"""`GET /v1/stream`: replay the log after the console's cursor, say `caught_up`, then stream live; take commands.
+
+Gap-free and duplicate-free by construction: the console is attached to the hub (live events start queueing)
+only after the replay, the log is read once more after attaching, and every event frame is sent only if its
+seq is the next one (earlier ones are skipped, missing ones are read from the log).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from starlette.responses import PlainTextResponse
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from bridge import protocol
+from bridge.hub import Subscriber
+from bridge.state import Bridge, bridge_of
+from bridge.store import agent_for_token
+
+log = logging.getLogger("switchboard.bridge.stream")
+
+REPLAY_PAGE = 1000
+
+
+async def _refuse(websocket: WebSocket, status: int, reason: str) -> None:
+    """Refuse the upgrade: an HTTP answer with the reason where the server allows it, else a plain 403."""
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(PlainTextResponse(reason + "\n", status_code=status))
+    else:
+        await websocket.close(code=1008, reason=reason)
+
+
+def _bearer(websocket: WebSocket) -> str | None:
+    header = websocket.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+async def stream_endpoint(websocket: WebSocket) -> None:
+    bridge = bridge_of(websocket)
+    token = _bearer(websocket)
+    if token is None:
+        await _refuse(websocket, 401, "missing Authorization: Bearer <agent token>")
+        return
+    agent = await bridge.store.read(lambda conn: agent_for_token(conn, token))
+    if agent is None:
+        await _refuse(websocket, 401, "unknown or revoked agent token")
+        return
+    after_text = websocket.query_params.get("after", "0")
+    if not after_text.isdigit() or len(after_text) > 18:
+        await _refuse(websocket, 400, "after must be a whole number (the last seq this console has)")
+        return
+    after = int(after_text)
+    await websocket.accept()
+    sub = bridge.hub.connect(agent)
+    log.info("%s connected, resuming after %d", agent, after)
+    sender = asyncio.create_task(_send_loop(bridge, websocket, sub, after), name=f"stream-send {agent}")
+    receiver = asyncio.create_task(_receive_loop(bridge, websocket, sub), name=f"stream-recv {agent}")
+    stopper = asyncio.create_task(sub.stop.wait(), name=f"stream-stop {agent}")
+    try:
+        await asyncio.wait({sender, receiver, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        bridge.hub.detach(sub)
+        for task in (sender, receiver, stopper):
+            task.cancel()
+        for task in (sender, receiver, stopper):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if sub.close_code is not None:
+            with contextlib.suppress(Exception):
+                await websocket.close(code=sub.close_code, reason=sub.close_reason)
+        log.info("%s disconnected%s", agent, f" ({sub.close_reason})" if sub.close_reason else "")
+
+
+async def _send_loop(bridge: Bridge, websocket: WebSocket, sub: Subscriber, after: int) -> None:
+    cursor = await _replay(bridge, websocket, after)
+    bridge.hub.attach(sub)
+    cursor = await _replay(bridge, websocket, cursor)
+    await websocket.send_text(protocol.encode(protocol.caught_up(cursor)))
+    while True:
+        seq, frame = await sub.queue.get()
+        if seq is None:
+            await websocket.send_text(frame)
+            continue
+        if seq <= cursor:
+            continue
+        if seq > cursor + 1:  # never expected; fill from the log rather than leave a hole
+            cursor = await _replay(bridge, websocket, cursor, until=seq - 1)
+        await websocket.send_text(frame)
+        cursor = seq
+
+
+async def _replay(bridge: Bridge, websocket: WebSocket, cursor: int, until: int | None = None) -> int:
+    """Send every logged event after ``cursor`` (up to ``until``); returns the new cursor."""
+    while until is None or cursor < until:
+        events = await bridge.store.read_after(cursor, REPLAY_PAGE)
+        if until is not None:
+            events = [e for e in events if e.seq <= until]
+        if not events:
+            break
+        for event in events:
+            await websocket.send_text(event.frame())
+        cursor = events[-1].seq
+    return cursor
+
+
+async def _receive_loop(bridge: Bridge, websocket: WebSocket, sub: Subscriber) -> None:
+    commands: set[asyncio.Task[None]] = set()
+    try:
+        while True:
+            try:
+                text = await websocket.receive_text()
+            except WebSocketDisconnect:
+                return
+            except (KeyError, RuntimeError):  # a binary frame, or the socket closing under us
+                sub.offer((None, protocol.encode(protocol.error("bad_frame", "frames must be JSON text"))))
+                continue
+            try:
+                frame = protocol.parse_client_frame(text)
+            except protocol.ProtocolError as exc:
+                sub.offer((None, protocol.encode(protocol.error(exc.code, str(exc)))))
+                continue
+            if isinstance(frame, protocol.Signal):
+                relayed = protocol.Signal(frame.conversation_id, frame.signal, agent=sub.agent)
+                bridge.hub.relay(protocol.encode(relayed.to_frame()), sub)
+                continue
+            task = asyncio.create_task(_run_command(bridge, sub, frame))
+            commands.add(task)
+            task.add_done_callback(commands.discard)
+    finally:
+        for task in commands:  # the commands themselves go on (they are shielded); only the replies stop
+            task.cancel()
+
+
+async def _run_command(bridge: Bridge, sub: Subscriber, cmd: protocol.Command) -> None:
+    try:
+        result = await bridge.commands.run(sub.agent, cmd)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("command %s from %s failed", cmd.id, sub.agent)
+        result = protocol.Result.failure(
+            cmd.id, "internal_error", "The bridge hit an error running this command; it was logged. Try again."
+        )
+    sub.offer((None, protocol.encode(result.to_frame())))

@@ -1,0 +1,165 @@
+"""Twilio's REST API, as the bridge uses it: httpx, Basic auth, retries that never send a message twice."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import httpx
+
+from bridge.settings import Settings
+from bridge.twilio_errors import describe_error
+
+# Twilio's dates have one-second resolution and its clock is not ours: look a little further back.
+CLOCK_SKEW = timedelta(seconds=5)
+
+
+class TwilioError(Exception):
+    """Twilio answered with an error (a 4xx): the request is wrong and retrying will not help."""
+
+    def __init__(self, status: int, code: int | None, message: str, more_info: str | None = None) -> None:
+        super().__init__(f"HTTP {status}, Twilio error {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+        self.more_info = more_info
+
+
+class TwilioUnavailable(Exception):
+    """Twilio could not be reached, or kept failing, after every retry."""
+
+
+# Failures where Twilio certainly did not act on the request: safe to send again.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+# Failures after the request may have reached Twilio: look before sending again.
+_MAYBE_SENT = (httpx.ReadTimeout, httpx.WriteTimeout, httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingMessage:
+    to: str
+    body: str
+    from_number: str | None
+    messaging_service_sid: str | None
+    media_urls: Sequence[str] = ()
+    status_callback: str | None = None
+
+
+class TwilioRest:
+    """A thin client for the REST calls the bridge makes. One instance shares one httpx.AsyncClient."""
+
+    def __init__(self, settings: Settings, client: httpx.AsyncClient, rng: random.Random | None = None) -> None:
+        self.settings = settings
+        self.client = client
+        self.rng = rng or random.Random()
+        username = settings.api_key or settings.account_sid
+        password = settings.api_secret if settings.api_key else settings.auth_token
+        self.auth = httpx.BasicAuth(username, password or "")
+        self.account_url = f"{settings.api_base}/2010-04-01/Accounts/{settings.account_sid}"
+
+    async def _backoff(self, attempt: int, retry_after: str | None = None) -> None:
+        delay = self.settings.rest_backoff * (2**attempt) * self.rng.random()
+        if retry_after and retry_after.isdigit():
+            delay = max(delay, min(float(retry_after), 30.0))
+        await asyncio.sleep(delay)
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        return await self.client.request(
+            method, f"{self.account_url}{path}", auth=self.auth, timeout=self.settings.rest_timeout, **kwargs
+        )
+
+    @staticmethod
+    def _raise_for_twilio(response: httpx.Response) -> None:
+        try:
+            payload = response.json()
+        except ValueError:
+            payload = {}
+        if not isinstance(payload, dict):
+            payload = {}
+        code = payload.get("code") if isinstance(payload.get("code"), int) else None
+        message = str(payload.get("message") or describe_error(code) or response.reason_phrase)
+        raise TwilioError(response.status_code, code, message, payload.get("more_info"))
+
+    async def create_message(self, msg: OutgoingMessage) -> dict[str, Any]:
+        """POST Messages.json; returns Twilio's message resource.
+
+        Retries connection errors, 429 and 5xx with jittered exponential backoff. When a failure leaves it
+        unclear whether Twilio created the message (a timeout after sending, a 5xx), it looks the message up
+        before sending again, so a customer never gets the same reply twice.
+        """
+        form: list[tuple[str, str]] = [("To", msg.to), ("Body", msg.body)]
+        if msg.messaging_service_sid:
+            form.append(("MessagingServiceSid", msg.messaging_service_sid))
+        elif msg.from_number:
+            form.append(("From", msg.from_number))
+        form.extend(("MediaUrl", url) for url in msg.media_urls)
+        if msg.status_callback:
+            form.append(("StatusCallback", msg.status_callback))
+        started = datetime.now(UTC) - CLOCK_SKEW
+        last_problem = "no attempt made"
+        for attempt in range(self.settings.rest_retries + 1):
+            if attempt:
+                found = await self.find_sent(msg, since=started) if last_problem.startswith("maybe") else None
+                if found is not None:
+                    return found
+            try:
+                response = await self._request("POST", "/Messages.json", data=form)
+            except _NOT_SENT as exc:
+                last_problem = f"could not connect: {exc!r}"
+                await self._backoff(attempt)
+                continue
+            except _MAYBE_SENT as exc:
+                last_problem = f"maybe sent: {exc!r}"
+                await self._backoff(attempt)
+                continue
+            if response.status_code in (200, 201):
+                payload: dict[str, Any] = response.json()
+                return payload
+            if response.status_code == 429:
+                last_problem = "rate limited (429)"
+                await self._backoff(attempt, response.headers.get("Retry-After"))
+                continue
+            if response.status_code >= 500:
+                last_problem = f"maybe sent: Twilio answered {response.status_code}"
+                await self._backoff(attempt, response.headers.get("Retry-After"))
+                continue
+            self._raise_for_twilio(response)
+        if last_problem.startswith("maybe"):
+            found = await self.find_sent(msg, since=started)
+            if found is not None:
+                return found
+        raise TwilioUnavailable(
+            f"Twilio did not accept the message after {self.settings.rest_retries + 1} tries ({last_problem})"
+        )
+
+    async def find_sent(self, msg: OutgoingMessage, since: datetime) -> dict[str, Any] | None:
+        """The newest message Twilio holds to ``msg.to`` from our number with ``msg.body``, created since ``since``.
+
+        Used to reconcile a send whose outcome is unknown (a crash or a timeout after the request left).
+        """
+        params: dict[str, str] = {"To": msg.to, "PageSize": "50"}
+        if msg.from_number and not msg.messaging_service_sid:
+            params["From"] = msg.from_number
+        try:
+            response = await self._request("GET", "/Messages.json", params=params)
+        except (*_NOT_SENT, *_MAYBE_SENT):
+            return None
+        if response.status_code != 200:
+            return None
+        payload = response.json()
+        for item in payload.get("messages", []):
+            if item.get("body") != msg.body or not str(item.get("direction", "")).startswith("outbound"):
+                continue
+            try:
+                created = parsedate_to_datetime(str(item.get("date_created")))
+            except (TypeError, ValueError):
+                continue
+            if created >= since:
+                found: dict[str, Any] = item
+                return found
+        return None

@@ -1,0 +1,157 @@
+"""Twilio's SMS webhooks: read the body within limits, check the signature, store, then acknowledge."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+from urllib.parse import parse_qsl
+
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+
+from bridge import signature
+from bridge.messaging import BadWebhook, InboundMessage, StatusCallback, record_inbound, record_status
+from bridge.settings import Settings
+from bridge.state import bridge_of
+from bridge.store import StoredEvent, Tx
+
+log = logging.getLogger("switchboard.bridge.webhooks")
+
+EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
+FORM = "application/x-www-form-urlencoded"
+JSON = "application/json"
+MAX_FIELDS = 500
+
+Item = TypeVar("Item")
+Params = list[tuple[str, str]]
+
+
+class Refusal(Exception):
+    """A request refused with a 4xx and a one-line reason."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+    def response(self) -> Response:
+        return PlainTextResponse(self.reason + "\n", status_code=self.status)
+
+
+def twiml(body: str = EMPTY_TWIML) -> Response:
+    return Response(body, media_type="text/xml; charset=utf-8")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The raw body, refusing anything over ``limit`` bytes before reading it all."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise Refusal(400, "Content-Length is not a number")
+        if int(declared) > limit:
+            raise Refusal(413, f"body is over {limit // 1024} KiB")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise Refusal(413, f"body is over {limit // 1024} KiB")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_params(content_type: str, body: bytes) -> tuple[Params, bytes | None]:
+    """Form fields (repeated keys kept, in order) and, for a JSON body, the raw bytes its signature covers."""
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    if media_type == FORM:
+        try:
+            text = body.decode("utf-8")
+            pairs = parse_qsl(
+                text, keep_blank_values=True, encoding="utf-8", errors="strict", max_num_fields=MAX_FIELDS
+            )
+        except UnicodeDecodeError:
+            raise Refusal(400, "body is not valid UTF-8") from None
+        except ValueError:
+            raise Refusal(400, f"more than {MAX_FIELDS} form fields") from None
+        return pairs, None
+    if media_type == JSON:
+        try:
+            payload = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            raise Refusal(400, "body is not valid JSON") from None
+        if not isinstance(payload, dict) or len(payload) > MAX_FIELDS:
+            raise Refusal(400, "a JSON body must be one object of fields")
+        pairs = []
+        for key, value in payload.items():
+            if isinstance(value, (dict, list)):
+                raise Refusal(400, f"field {key[:40]!r} must be a plain value")
+            pairs.append((str(key), "" if value is None else str(value)))
+        return pairs, body
+    raise Refusal(415, f"content type must be {FORM}")
+
+
+def signed_url(request: Request, settings: Settings) -> str:
+    """The URL Twilio requested, as it signed it: the public base URL, the raw path and the raw query string."""
+    raw_path: bytes = request.scope.get("raw_path") or request.scope["path"].encode("utf-8")
+    path = raw_path.decode("latin-1")
+    query = request.scope.get("query_string", b"").decode("latin-1")
+    if settings.public_url:
+        base = settings.public_url
+    else:
+        host = request.headers.get("host") or f"{request.url.hostname}:{request.url.port}"
+        base = f"{request.url.scheme}://{host}"
+    return base + path + (f"?{query}" if query else "")
+
+
+def check_signature(request: Request, settings: Settings, params: Params, raw_body: bytes | None) -> None:
+    sig = request.headers.get("x-twilio-signature")
+    if not sig:
+        raise Refusal(403, "missing X-Twilio-Signature")
+    ok = signature.validate(
+        signed_url(request, settings),
+        params,
+        sig,
+        settings.auth_token,
+        raw_body=raw_body,
+        settings_header=request.headers.get("x-twilio-webhooks-signature-settings"),
+        shared_keys=settings.shared_keys or None,
+    )
+    if not ok:
+        raise Refusal(403, "X-Twilio-Signature does not match: check TWILIO_AUTH_TOKEN and SWITCHBOARD_PUBLIC_URL")
+
+
+async def accept_webhook(
+    request: Request,
+    parse: Callable[[Sequence[tuple[str, str]]], Item],
+    record: Callable[[Tx, Item, str | None], list[StoredEvent] | None],
+) -> Response:
+    """The shape of every Twilio webhook: read, verify, parse, commit, and only then acknowledge."""
+    bridge = bridge_of(request)
+    try:
+        body = await read_body(request, bridge.settings.max_body_bytes)
+        params, raw_body = parse_params(request.headers.get("content-type", ""), body)
+        check_signature(request, bridge.settings, params, raw_body)
+        try:
+            item = parse(params)
+        except BadWebhook as exc:
+            raise Refusal(400, str(exc)) from None
+    except Refusal as refusal:
+        log.info("refused %s %s: %s", request.method, request.url.path, refusal.reason)
+        return refusal.response()
+    token = request.headers.get("i-twilio-idempotency-token") or None
+    if token is not None and len(token) > 200:
+        return Refusal(400, "I-Twilio-Idempotency-Token is too long").response()
+    await bridge.store.write(lambda tx: record(tx, item, token))
+    return twiml()
+
+
+async def sms_webhook(request: Request) -> Response:
+    """POST /twilio/sms: an inbound text or MMS."""
+    return await accept_webhook(request, InboundMessage.from_params, record_inbound)
+
+
+async def sms_status_webhook(request: Request) -> Response:
+    """POST /twilio/sms/status: a delivery status callback for one of our messages."""
+    return await accept_webhook(request, StatusCallback.from_params, record_status)

@@ -1,0 +1,214 @@
+"""The stream: auth, replay then caught_up then live, resume without gaps, revocation, signals, bad frames."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from starlette.testclient import TestClient, WebSocketDenialResponse
+from starlette.websockets import WebSocketDisconnect
+
+from bridge import protocol
+from bridge.app import create_app
+from bridge.settings import Settings
+from bridge.store import add_agent, open_database, revoke_agent
+from tests.conftest import BASE
+from tests.support import inbound_params, signed
+
+SMS = f"{BASE}/twilio/sms"
+
+
+def send_texts(client: TestClient, bodies: list[str]) -> None:
+    for body in bodies:
+        data, headers = signed(SMS, inbound_params(body))
+        assert client.post(SMS, content=data, headers=headers).status_code == 200
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def read_until_caught_up(ws: Any) -> tuple[list[dict[str, Any]], int]:
+    frames: list[dict[str, Any]] = []
+    while True:
+        frame = ws.receive_json()
+        if frame["type"] == "caught_up":
+            return frames, frame["cursor"]
+        frames.append(frame)
+
+
+def test_replays_then_caught_up_then_live(client: TestClient, agent_token: str) -> None:
+    send_texts(client, ["one", "two"])
+    with client.websocket_connect("/v1/stream?after=0", headers=auth(agent_token)) as ws:
+        frames, cursor = read_until_caught_up(ws)
+        assert [(f["seq"], f["type"], f["data"]["body"]) for f in frames] == [
+            (1, "message.received", "one"),
+            (2, "message.received", "two"),
+        ]
+        assert cursor == 2
+        assert isinstance(frames[0]["data"]["message_sid"], str)
+        send_texts(client, ["three"])
+        live = ws.receive_json()
+        assert (live["seq"], live["data"]["body"]) == (3, "three")
+
+
+def test_resume_from_cursor_sends_only_later_events(client: TestClient, agent_token: str) -> None:
+    send_texts(client, ["a", "b", "c", "d"])
+    with client.websocket_connect("/v1/stream?after=2", headers=auth(agent_token)) as ws:
+        frames, cursor = read_until_caught_up(ws)
+    assert [f["seq"] for f in frames] == [3, 4]
+    assert cursor == 4
+
+
+def test_caught_up_on_an_empty_log(client: TestClient, agent_token: str) -> None:
+    with client.websocket_connect("/v1/stream", headers=auth(agent_token)) as ws:
+        assert ws.receive_json() == {"type": "caught_up", "cursor": 0}
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer nope"}, {"Authorization": "Basic abc"}])
+def test_missing_or_wrong_token_is_refused_before_any_event(
+    client: TestClient, agent_token: str, headers: dict[str, str]
+) -> None:
+    send_texts(client, ["secret"])
+    with pytest.raises(WebSocketDenialResponse) as refused:
+        with client.websocket_connect("/v1/stream", headers=headers):
+            pass  # pragma: no cover - the upgrade is refused
+    assert refused.value.status_code == 401
+
+
+def test_bad_cursor_is_refused(client: TestClient, agent_token: str) -> None:
+    with pytest.raises(WebSocketDenialResponse) as refused:
+        with client.websocket_connect("/v1/stream?after=-1", headers=auth(agent_token)):
+            pass  # pragma: no cover
+    assert refused.value.status_code == 400
+
+
+def test_revoked_agent_is_disconnected(client: TestClient, settings: Settings, agent_token: str) -> None:
+    with client.websocket_connect("/v1/stream", headers=auth(agent_token)) as ws:
+        ws.receive_json()
+        db = open_database(settings.db_path)
+        assert revoke_agent(db, "ana")
+        db.close()
+        with pytest.raises(WebSocketDisconnect) as closed:
+            ws.receive_json()
+        assert closed.value.code == protocol.CLOSE_UNAUTHORIZED
+    with pytest.raises(WebSocketDenialResponse):
+        with client.websocket_connect("/v1/stream", headers=auth(agent_token)):
+            pass  # pragma: no cover
+
+
+def test_signals_reach_other_consoles_and_are_not_logged(
+    client: TestClient, settings: Settings, agent_token: str
+) -> None:
+    db = open_database(settings.db_path)
+    other = add_agent(db, "ben")
+    db.close()
+    with (
+        client.websocket_connect("/v1/stream", headers=auth(agent_token)) as ana,
+        client.websocket_connect("/v1/stream", headers=auth(other)) as ben,
+    ):
+        ana.receive_json()
+        ben.receive_json()
+        ana.send_json({"type": "signal", "conversation_id": "CVabc", "signal": "typing"})
+        assert ben.receive_json() == {"type": "signal", "conversation_id": "CVabc", "signal": "typing", "agent": "ana"}
+    with client.websocket_connect("/v1/stream", headers=auth(agent_token)) as again:
+        assert again.receive_json() == {"type": "caught_up", "cursor": 0}
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        ("not json", "bad_json"),
+        ("[1, 2]", "bad_frame"),
+        ('{"type": "dance"}', "bad_type"),
+        ('{"type": "command", "command": "send_sms"}', "bad_id"),
+        ('{"type": "command", "id": "c1", "command": "send_sms", "args": []}', "bad_args"),
+        ('{"type": "signal", "conversation_id": "CV1", "signal": "shouting"}', "bad_signal"),
+    ],
+)
+def test_bad_frames_get_an_error_and_the_stream_stays_open(
+    client: TestClient, agent_token: str, frame: str, code: str
+) -> None:
+    with client.websocket_connect("/v1/stream", headers=auth(agent_token)) as ws:
+        ws.receive_json()
+        ws.send_text(frame)
+        reply = ws.receive_json()
+        assert reply["type"] == "error" and reply["code"] == code
+        send_texts(client, ["still here"])
+        assert ws.receive_json()["data"]["body"] == "still here"
+
+
+def test_unknown_command_is_an_error_result(client: TestClient, agent_token: str) -> None:
+    with client.websocket_connect("/v1/stream", headers=auth(agent_token)) as ws:
+        ws.receive_json()
+        ws.send_json({"type": "command", "id": "c-1", "command": "teleport", "args": {}})
+        result = ws.receive_json()
+        assert result["type"] == "result" and result["id"] == "c-1" and result["ok"] is False
+        assert result["error"]["code"] == "unknown_command"
+
+
+def test_resume_across_a_bridge_restart_has_no_gap_or_duplicate(settings: Settings, agent_token: str) -> None:
+    seen: list[int] = []
+    with TestClient(create_app(settings), base_url=BASE) as client:
+        send_texts(client, [f"before {i}" for i in range(5)])
+        with client.websocket_connect("/v1/stream", headers=auth(agent_token)) as ws:
+            frames, cursor = read_until_caught_up(ws)
+            seen += [f["seq"] for f in frames]
+    with TestClient(create_app(settings), base_url=BASE) as client:
+        send_texts(client, [f"after {i}" for i in range(5)])
+        with client.websocket_connect(f"/v1/stream?after={cursor}", headers=auth(agent_token)) as ws:
+            frames, cursor = read_until_caught_up(ws)
+            seen += [f["seq"] for f in frames]
+    assert seen == list(range(1, 11))
+
+
+def test_concurrent_writes_reach_every_console_in_order(client: TestClient, settings: Settings) -> None:
+    import threading
+
+    db = open_database(settings.db_path)
+    tokens = [add_agent(db, f"agent{i}") for i in range(3)]
+    db.close()
+    sockets = [client.websocket_connect("/v1/stream", headers=auth(t)) for t in tokens]
+    streams = [s.__enter__() for s in sockets]
+    try:
+        for ws in streams:
+            ws.receive_json()
+        threads = [
+            threading.Thread(target=send_texts, args=(client, [f"t{n}-{i}" for i in range(10)])) for n in range(4)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=30)
+        for ws in streams:
+            assert [ws.receive_json()["seq"] for _ in range(40)] == list(range(1, 41))
+    finally:
+        for s in sockets:
+            s.__exit__(None, None, None)
+
+
+async def test_a_stalled_console_is_disconnected_without_delaying_others() -> None:
+    from bridge.hub import Hub
+    from bridge.store import StoredEvent
+
+    hub = Hub(queue_size=5)
+    stalled, reading = hub.connect("slow"), hub.connect("fast")
+    hub.attach(stalled)
+    hub.attach(reading)
+    for seq in range(1, 31):
+        hub.publish([StoredEvent(seq, "message.received", "2026-01-01T00:00:00.000Z", "{}")])
+        assert reading.queue.get_nowait()[0] == seq  # the reading console keeps up, unaffected
+    assert stalled.stop.is_set()
+    assert stalled.close_code == protocol.CLOSE_OVERFLOW
+    assert stalled.queue.qsize() == 5  # what it had; the rest it will replay from its cursor
+    assert not reading.stop.is_set()
+
+
+def test_event_frames_parse_with_the_protocol_module(client: TestClient, agent_token: str) -> None:
+    send_texts(client, ["[bold]not markup[/bold] \x1b[31m"])
+    with client.websocket_connect("/v1/stream", headers=auth(agent_token)) as ws:
+        event = protocol.parse_server_frame(ws.receive_text())
+        assert isinstance(event, protocol.Event)
+        assert event.data["body"] == "[bold]not markup[/bold] \x1b[31m"
+        assert json.loads(ws.receive_text())["type"] == "caught_up"
