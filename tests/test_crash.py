@@ -1,4 +1,4 @@
-"""kill -9 of the bridge mid-burst: every acknowledged webhook survives, seqs stay contiguous, streams resume exactly."""
+"""kill -9 of the bridge mid-burst: every acked webhook survives, seqs stay contiguous, streams resume exactly."""
 
 from __future__ import annotations
 
