@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 
@@ -17,6 +18,9 @@ from bridge.twilio_errors import describe_error
 
 # Twilio's dates have one-second resolution and its clock is not ours: look a little further back.
 CLOCK_SKEW = timedelta(seconds=5)
+
+
+FORM_HEADERS = {"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json"}
 
 
 class TwilioError(Exception):
@@ -108,7 +112,7 @@ class TwilioRest:
                 if found is not None:
                     return found
             try:
-                response = await self._request("POST", "/Messages.json", data=form)
+                response = await self._request("POST", "/Messages.json", content=urlencode(form), headers=FORM_HEADERS)
             except _NOT_SENT as exc:
                 last_problem = f"could not connect: {exc!r}"
                 await self._backoff(attempt)
