@@ -399,6 +399,7 @@ def record_outbound(tx: Tx, draft: OutboundDraft, args: dict[str, Any]) -> tuple
         return MessageId(existing.message_id or ""), existing
     message_id = MessageId("OB" + secrets.token_hex(16))
     conv = draft.conversation
+    ensure_conversation(tx, conv.twilio_number, conv.customer_number)  # a first text to a new customer
     tx.execute(
         "INSERT INTO commands (agent, id, command, args, state, message_id, created_at, updated_at) "
         "VALUES (?, ?, ?, ?, 'running', ?, ?, ?)",
