@@ -456,8 +456,11 @@ def record_submitted(
     row = tx.one("SELECT id, conversation_id, status FROM messages WHERE id = ?", (message_id,))
     if row is None:
         raise LookupError(f"no message {message_id}")
-    tx.execute("UPDATE messages SET sid = ?, updated_at = ? WHERE id = ?", (sid, tx.now, message_id))
-    effective, _ = _apply_status(tx, row, status if status in STATUS_RANK else "queued", None, None)
+    # Twilio's answer replaces the bridge's own "sending" placeholder whatever its rank.
+    effective = status if status in STATUS_RANK else "queued"
+    tx.execute(
+        "UPDATE messages SET sid = ?, status = ?, updated_at = ? WHERE id = ?", (sid, effective, tx.now, message_id)
+    )
     tx.append(
         protocol.MESSAGE_SUBMITTED,
         {"message_id": message_id, "message_sid": sid, "conversation_id": row["conversation_id"], "status": effective},

@@ -1,0 +1,146 @@
+"""The event log: group commit, gap-free seqs, one bad operation never harms its batch, early statuses, agents."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from bridge import protocol
+from bridge.messaging import (
+    Conversation,
+    OutboundDraft,
+    StatusCallback,
+    record_outbound,
+    record_status,
+    record_submitted,
+)
+from bridge.store import (
+    SqliteStore,
+    StoredEvent,
+    Tx,
+    add_agent,
+    agent_for_token,
+    list_agents,
+    open_database,
+    revoke_agent,
+)
+from bridge.types import E164, conversation_id
+from tests.support import CUSTOMER, OUR_NUMBER, message_sid, status_params
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> SqliteStore:
+    store = SqliteStore(tmp_path / "bridge.db")
+    await store.start()
+    return store
+
+
+def appending(n: int) -> Callable[[Tx], StoredEvent]:
+    def op(tx: Tx) -> StoredEvent:
+        return tx.append("test", {"n": n})
+
+    return op
+
+
+async def test_concurrent_writes_share_commits_and_get_contiguous_seqs(store: SqliteStore) -> None:
+    published: list[int] = []
+    store.subscribe_commits(lambda events: published.extend(e.seq for e in events))
+    results = await asyncio.gather(*(store.write(appending(n)) for n in range(300)))
+    assert sorted(e.seq for e in results) == list(range(1, 301))
+    assert published == list(range(1, 301))
+    assert store.batches_committed < 300 / 2, "writes were not grouped into shared commits"
+    assert await store.head() == 300
+    await store.close()
+
+
+async def test_a_failing_operation_is_undone_alone(store: SqliteStore) -> None:
+    def bad(tx: Tx) -> None:
+        tx.append("test", {"doomed": True})
+        raise ValueError("no")
+
+    good1 = store.write(appending(1))
+    failing = store.write(bad)
+    good2 = store.write(appending(2))
+    first, second = await good1, await good2
+    with pytest.raises(ValueError):
+        await failing
+    assert (first.seq, second.seq) == (1, 2), "the failed operation's event left a gap"
+    assert [e.data for e in await store.read_after(0)] == [{"n": 1}, {"n": 2}]
+    await store.close()
+
+
+async def test_read_after_pages_in_order(store: SqliteStore) -> None:
+    for n in range(25):
+        await store.write(appending(n))
+    page = await store.read_after(10, limit=5)
+    assert [e.seq for e in page] == [11, 12, 13, 14, 15]
+    assert page[0].frame().startswith('{"seq":11,"type":"test",')
+    await store.close()
+
+
+async def test_a_status_before_the_send_is_recorded_is_applied_when_it_is(store: SqliteStore) -> None:
+    sid = message_sid()
+    conv = Conversation(conversation_id(OUR_NUMBER, CUSTOMER), E164(OUR_NUMBER), E164(CUSTOMER))
+    draft = OutboundDraft("ana", "c-1", conv, "On its way", (), "GSM-7", 1)
+    message_id, existing = await store.write(lambda tx: record_outbound(tx, draft, {}))
+    assert existing is None
+    # Twilio's "delivered" callback races ahead of our record of its answer to the create call.
+    early = StatusCallback.from_params(status_params(sid, "delivered"))
+    await store.write(lambda tx: record_status(tx, early, None))
+    result = protocol.Result("c-1", True, {"message_sid": sid})
+    await store.write(lambda tx: record_submitted(tx, "ana", "c-1", message_id, sid, "queued", result))
+    types = [(e.type, e.data.get("status"), e.data.get("applied")) for e in await store.read_after(0)]
+    assert types == [
+        ("message.outbound", "sending", None),
+        ("message.status", "delivered", False),
+        ("message.submitted", "queued", None),
+        ("message.status", "delivered", True),
+    ]
+    conn = sqlite3.connect(store.path)
+    assert conn.execute("SELECT status, sid FROM messages WHERE id = ?", (message_id,)).fetchone() == (
+        "delivered",
+        sid,
+    )
+    assert conn.execute("SELECT count(*) FROM early_statuses").fetchone() == (0,)
+    conn.close()
+    await store.close()
+
+
+async def test_recording_the_same_command_twice_returns_the_first(store: SqliteStore) -> None:
+    conv = Conversation(conversation_id(OUR_NUMBER, CUSTOMER), E164(OUR_NUMBER), E164(CUSTOMER))
+    draft = OutboundDraft("ana", "c-9", conv, "hello", (), "GSM-7", 1)
+    first_id, _ = await store.write(lambda tx: record_outbound(tx, draft, {}))
+    again_id, existing = await store.write(lambda tx: record_outbound(tx, draft, {}))
+    assert again_id == first_id and existing is not None and existing.state == "running"
+    assert len(await store.read_after(0)) == 1
+    await store.close()
+
+
+def test_agents_tokens_are_hashed_and_revocable(tmp_path: Path) -> None:
+    db = open_database(tmp_path / "bridge.db")
+    token = add_agent(db, "ana")
+    assert token.startswith("sb_") and len(token) > 40
+    stored = db.execute("SELECT token_hash FROM agents").fetchone()[0]
+    assert token not in stored
+    assert agent_for_token(db.conn, token) == "ana"
+    assert agent_for_token(db.conn, token + "x") is None
+    with pytest.raises(ValueError, match="already exists"):
+        add_agent(db, "ana")
+    assert revoke_agent(db, "ana")
+    assert not revoke_agent(db, "ana")
+    assert agent_for_token(db.conn, token) is None
+    fresh = add_agent(db, "ana")
+    assert agent_for_token(db.conn, fresh) == "ana" and agent_for_token(db.conn, token) is None
+    assert [a.name for a in list_agents(db)] == ["ana"]
+    db.close()
+
+
+def test_pragmas_make_commits_durable(tmp_path: Path) -> None:
+    db = open_database(tmp_path / "bridge.db")
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    db.close()
