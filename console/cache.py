@@ -1,0 +1,410 @@
+"""The console's local cache: the bridge's events applied in seq order, the cursor saved in the same transaction.
+
+Everything on screen is read from here, so the console opens instantly with its history and stays readable when
+the bridge is away. No textual import: screens call these functions from thread workers.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+from sqlite_utils.migrations import Migrations
+
+from bridge import protocol
+
+migrations = Migrations("switchboard-console")
+
+
+@migrations()
+def m001_cache(db: sqlite_utils.Database) -> None:
+    db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID")
+    db.execute(
+        """CREATE TABLE conversations (
+            id TEXT PRIMARY KEY,
+            twilio_number TEXT NOT NULL,
+            customer_number TEXT NOT NULL,
+            customer_name TEXT,
+            status TEXT NOT NULL DEFAULT 'open',
+            assignee TEXT,
+            last_at TEXT NOT NULL,
+            last_preview TEXT NOT NULL DEFAULT '',
+            last_direction TEXT,
+            unread INTEGER NOT NULL DEFAULT 0,
+            opted_out INTEGER NOT NULL DEFAULT 0,
+            failed INTEGER NOT NULL DEFAULT 0,
+            waiting_since TEXT,              -- the oldest inbound text not yet answered
+            message_count INTEGER NOT NULL DEFAULT 0
+        )"""
+    )
+    db.execute("CREATE INDEX conversations_by_activity ON conversations (last_at DESC, id DESC)")
+    db.execute("CREATE INDEX conversations_waiting ON conversations (waiting_since) WHERE waiting_since IS NOT NULL")
+    db.execute(
+        """CREATE TABLE messages (
+            pos INTEGER PRIMARY KEY,         -- local order; the full-text index's rowid
+            id TEXT NOT NULL UNIQUE,
+            sid TEXT,
+            conversation_id TEXT NOT NULL,
+            direction TEXT NOT NULL,         -- inbound | outbound
+            body TEXT NOT NULL,
+            media TEXT NOT NULL DEFAULT '[]',
+            status TEXT,
+            error_code INTEGER,
+            error_message TEXT,
+            agent TEXT,
+            at TEXT NOT NULL,
+            seq INTEGER
+        )"""
+    )
+    db.execute("CREATE INDEX messages_by_conversation ON messages (conversation_id, pos)")
+    db.execute("CREATE INDEX messages_by_sid ON messages (sid) WHERE sid IS NOT NULL")
+    db.execute(
+        "CREATE VIRTUAL TABLE messages_fts USING fts5(body, content='messages', content_rowid='pos', "
+        "tokenize='unicode61 remove_diacritics 2')"
+    )
+    db.execute(
+        "CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages BEGIN "
+        "INSERT INTO messages_fts (rowid, body) VALUES (new.pos, new.body); END"
+    )
+    db.execute(
+        "CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages BEGIN "
+        "INSERT INTO messages_fts (messages_fts, rowid, body) VALUES ('delete', old.pos, old.body); END"
+    )
+    db.execute(
+        "CREATE TRIGGER messages_fts_update AFTER UPDATE OF body ON messages BEGIN "
+        "INSERT INTO messages_fts (messages_fts, rowid, body) VALUES ('delete', old.pos, old.body); "
+        "INSERT INTO messages_fts (rowid, body) VALUES (new.pos, new.body); END"
+    )
+    db.execute(
+        """CREATE TABLE outbox (
+            command_id TEXT PRIMARY KEY,
+            command TEXT NOT NULL,
+            args TEXT NOT NULL,
+            conversation_id TEXT,
+            created_at TEXT NOT NULL,
+            state TEXT NOT NULL DEFAULT 'pending',   -- pending | done | failed
+            error TEXT
+        ) WITHOUT ROWID"""
+    )
+
+
+# Delivery status precedence, as the bridge applies it (statuses arrive already resolved; this guards replays).
+_FAILED = {"failed", "undelivered"}
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationRow:
+    id: str
+    twilio_number: str
+    customer_number: str
+    customer_name: str | None
+    status: str
+    assignee: str | None
+    last_at: str
+    last_preview: str
+    last_direction: str | None
+    unread: int
+    opted_out: bool
+    failed: bool
+    waiting_since: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRow:
+    pos: int
+    id: str
+    sid: str | None
+    conversation_id: str
+    direction: str
+    body: str
+    media: list[dict[str, Any]]
+    status: str | None
+    error_code: int | None
+    error_message: str | None
+    agent: str | None
+    at: str
+
+
+def _connect(path: Path | str) -> sqlite3.Connection:
+    conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30.0)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")  # the bridge holds the durable copy; a lost tail is replayed
+    return conn
+
+
+class Cache:
+    """One bridge profile's cache. Safe to use from several threads: each gets its own connection."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = path
+        if str(path) != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        conn = _connect(path)
+        migrations.apply(sqlite_utils.Database(conn))
+        self._write_lock = threading.Lock()
+        self._local = threading.local()
+        self._local.conn = conn
+
+    def conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = _connect(self.path)
+            self._local.conn = conn
+        return conn
+
+    # -- cursor and meta -------------------------------------------------------------------------------------
+
+    def cursor(self) -> int:
+        row = self.conn().execute("SELECT value FROM meta WHERE key = 'cursor'").fetchone()
+        return int(row[0]) if row else 0
+
+    def meta(self, key: str) -> str | None:
+        row = self.conn().execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._write_lock:
+            self.conn().execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )
+
+    # -- applying events -------------------------------------------------------------------------------------
+
+    def apply(self, events: Sequence[protocol.Event]) -> list[protocol.Event]:
+        """Apply events after the cursor, in order, and move the cursor, all in one transaction.
+
+        Events at or before the cursor are skipped (a replay overlap); a gap raises, so nothing is ever skipped.
+        Returns the events applied.
+        """
+        with self._write_lock:
+            conn = self.conn()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                cursor = self.cursor()
+                applied = []
+                for event in events:
+                    if event.seq <= cursor:
+                        continue
+                    if event.seq != cursor + 1:
+                        raise GapError(f"event {event.seq} follows {cursor}: the stream skipped events")
+                    _apply_one(conn, event)
+                    cursor = event.seq
+                    applied.append(event)
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('cursor', ?) "
+                    "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                    (str(cursor),),
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        return applied
+
+    # -- reading ---------------------------------------------------------------------------------------------
+
+    def conversation_count(self) -> int:
+        return int(self.conn().execute("SELECT count(*) FROM conversations").fetchone()[0])
+
+    def conversations(self, limit: int = 100, before: tuple[str, str] | None = None) -> list[ConversationRow]:
+        """Conversations by last activity, newest first; ``before`` is the (last_at, id) keyset of the last row."""
+        sql = (
+            "SELECT id, twilio_number, customer_number, customer_name, status, assignee, last_at, last_preview, "
+            "last_direction, unread, opted_out, failed, waiting_since FROM conversations"
+        )
+        params: list[Any] = []
+        if before is not None:
+            sql += " WHERE (last_at, id) < (?, ?)"
+            params += list(before)
+        sql += " ORDER BY last_at DESC, id DESC LIMIT ?"
+        params.append(limit)
+        return [_conversation(r) for r in self.conn().execute(sql, params)]
+
+    def conversation(self, conversation_id: str) -> ConversationRow | None:
+        row = (
+            self.conn()
+            .execute(
+                "SELECT id, twilio_number, customer_number, customer_name, status, assignee, last_at, last_preview, "
+                "last_direction, unread, opted_out, failed, waiting_since FROM conversations WHERE id = ?",
+                (conversation_id,),
+            )
+            .fetchone()
+        )
+        return None if row is None else _conversation(row)
+
+    def messages(self, conversation_id: str, limit: int = 200, before_pos: int | None = None) -> list[MessageRow]:
+        """A page of a thread, oldest first, ending just before ``before_pos`` (or at the newest)."""
+        sql = (
+            "SELECT pos, id, sid, conversation_id, direction, body, media, status, error_code, error_message, "
+            "agent, at FROM messages WHERE conversation_id = ?"
+        )
+        params: list[Any] = [conversation_id]
+        if before_pos is not None:
+            sql += " AND pos < ?"
+            params.append(before_pos)
+        sql += " ORDER BY pos DESC LIMIT ?"
+        params.append(limit)
+        rows = [_message(r) for r in self.conn().execute(sql, params)]
+        rows.reverse()
+        return rows
+
+    def search(self, text: str, limit: int = 50) -> list[MessageRow]:
+        """Full-text search over every cached message, newest first."""
+        query = _fts_query(text)
+        if not query:
+            return []
+        rows = self.conn().execute(
+            "SELECT m.pos, m.id, m.sid, m.conversation_id, m.direction, m.body, m.media, m.status, m.error_code, "
+            "m.error_message, m.agent, m.at FROM messages_fts JOIN messages m ON m.pos = messages_fts.rowid "
+            "WHERE messages_fts MATCH ? ORDER BY messages_fts.rowid DESC LIMIT ?",
+            (query, limit),
+        )
+        return [_message(r) for r in rows]
+
+    def close(self) -> None:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+
+class GapError(RuntimeError):
+    """The stream delivered an event that does not follow the cursor."""
+
+
+def _fts_query(text: str) -> str:
+    """Each word as a quoted prefix term, so customer text can never be FTS syntax."""
+    words = [w for w in text.replace('"', " ").split() if w]
+    return " ".join(f'"{w}"*' for w in words)
+
+
+def _conversation(row: sqlite3.Row) -> ConversationRow:
+    return ConversationRow(
+        id=row[0],
+        twilio_number=row[1],
+        customer_number=row[2],
+        customer_name=row[3],
+        status=row[4],
+        assignee=row[5],
+        last_at=row[6],
+        last_preview=row[7],
+        last_direction=row[8],
+        unread=row[9],
+        opted_out=bool(row[10]),
+        failed=bool(row[11]),
+        waiting_since=row[12],
+    )
+
+
+def _message(row: sqlite3.Row) -> MessageRow:
+    return MessageRow(
+        pos=row[0],
+        id=row[1],
+        sid=row[2],
+        conversation_id=row[3],
+        direction=row[4],
+        body=row[5],
+        media=json.loads(row[6]),
+        status=row[7],
+        error_code=row[8],
+        error_message=row[9],
+        agent=row[10],
+        at=row[11],
+    )
+
+
+def _ensure_conversation(conn: sqlite3.Connection, d: dict[str, Any], at: str) -> None:
+    conn.execute(
+        "INSERT INTO conversations (id, twilio_number, customer_number, last_at) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT(id) DO NOTHING",
+        (d["conversation_id"], d["twilio_number"], d["customer_number"], at),
+    )
+
+
+def _preview(body: str, media: Iterable[Any]) -> str:
+    text = " ".join(body.split())
+    count = len(list(media))
+    if not text and count:
+        text = f"[{count} attachment{'s' if count > 1 else ''}]"
+    return text[:120]
+
+
+def _apply_one(conn: sqlite3.Connection, event: protocol.Event) -> None:
+    d = event.data
+    kind = event.type
+    if kind == protocol.MESSAGE_RECEIVED:
+        at = str(d.get("received_at") or event.ts)
+        _ensure_conversation(conn, d, at)
+        conn.execute(
+            "INSERT INTO messages (id, sid, conversation_id, direction, body, media, status, at, seq) "
+            "VALUES (?, ?, ?, 'inbound', ?, ?, 'received', ?, ?) ON CONFLICT(id) DO NOTHING",
+            (
+                d["message_id"],
+                d.get("message_sid"),
+                d["conversation_id"],
+                d.get("body", ""),
+                json.dumps(d.get("media", [])),
+                at,
+                event.seq,
+            ),
+        )
+        conn.execute(
+            "UPDATE conversations SET last_at = ?, last_preview = ?, last_direction = 'inbound', unread = unread + 1, "
+            "message_count = message_count + 1, waiting_since = coalesce(waiting_since, ?), "
+            "status = CASE WHEN status = 'resolved' THEN 'open' ELSE status END WHERE id = ?",
+            (at, _preview(d.get("body", ""), d.get("media", [])), at, d["conversation_id"]),
+        )
+    elif kind == protocol.MESSAGE_OUTBOUND:
+        _ensure_conversation(conn, d, event.ts)
+        conn.execute(
+            "INSERT INTO messages (id, conversation_id, direction, body, media, status, agent, at, seq) "
+            "VALUES (?, ?, 'outbound', ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO NOTHING",
+            (
+                d["message_id"],
+                d["conversation_id"],
+                d.get("body", ""),
+                json.dumps(d.get("media", [])),
+                d.get("status", "sending"),
+                d.get("agent"),
+                event.ts,
+                event.seq,
+            ),
+        )
+        conn.execute(
+            "UPDATE conversations SET last_at = ?, last_preview = ?, last_direction = 'outbound', unread = 0, "
+            "message_count = message_count + 1, waiting_since = NULL WHERE id = ?",
+            (event.ts, _preview(d.get("body", ""), d.get("media", [])), d["conversation_id"]),
+        )
+    elif kind == protocol.MESSAGE_SUBMITTED:
+        conn.execute(
+            "UPDATE messages SET sid = ?, status = ? WHERE id = ?", (d["message_sid"], d["status"], d["message_id"])
+        )
+    elif kind == protocol.MESSAGE_REJECTED:
+        conn.execute(
+            "UPDATE messages SET status = 'failed', error_code = ?, error_message = ? WHERE id = ?",
+            (d.get("error_code"), d.get("error_message"), d["message_id"]),
+        )
+        conn.execute("UPDATE conversations SET failed = 1 WHERE id = ?", (d["conversation_id"],))
+    elif kind == protocol.MESSAGE_STATUS:
+        if d.get("message_id") and d.get("applied"):
+            conn.execute(
+                "UPDATE messages SET status = ?, error_code = coalesce(?, error_code), "
+                "error_message = coalesce(?, error_message) WHERE id = ?",
+                (d["status"], d.get("error_code"), d.get("error_message"), d["message_id"]),
+            )
+            if d["status"] in _FAILED and d.get("conversation_id"):
+                conn.execute("UPDATE conversations SET failed = 1 WHERE id = ?", (d["conversation_id"],))
+    elif kind == protocol.OPTOUT_CHANGED:
+        _ensure_conversation(conn, d, event.ts)
+        conn.execute(
+            "UPDATE conversations SET opted_out = ? WHERE id = ?", (int(bool(d["opted_out"])), d["conversation_id"])
+        )
+    # Unknown types come from a newer bridge: the cursor moves past them; nothing here depends on them.

@@ -1,0 +1,99 @@
+"""The console's cache: events applied in seq order with the cursor, replays harmless, gaps refused, search."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bridge import protocol
+from bridge.types import conversation_id
+from console.cache import Cache, GapError
+from tests.support import CUSTOMER, OUR_NUMBER
+
+CID = conversation_id(OUR_NUMBER, CUSTOMER)
+
+
+def received(seq: int, body: str, sid: str | None = None) -> protocol.Event:
+    sid = sid or f"SM{seq:032x}"
+    return protocol.Event(
+        seq,
+        protocol.MESSAGE_RECEIVED,
+        f"2026-11-24T05:00:{seq % 60:02d}.000Z",
+        {
+            "message_id": sid,
+            "message_sid": sid,
+            "conversation_id": CID,
+            "twilio_number": OUR_NUMBER,
+            "customer_number": CUSTOMER,
+            "body": body,
+            "media": [],
+            "received_at": f"2026-11-24T05:00:{seq % 60:02d}.000Z",
+        },
+    )
+
+
+def test_apply_moves_the_cursor_with_the_events(tmp_path: Path) -> None:
+    cache = Cache(tmp_path / "c.db")
+    assert cache.cursor() == 0
+    cache.apply([received(1, "hello"), received(2, "[bold]where[/bold] is my order")])
+    assert cache.cursor() == 2
+    [conv] = cache.conversations()
+    assert (conv.id, conv.unread, conv.last_preview) == (CID, 2, "[bold]where[/bold] is my order")
+    assert [m.body for m in cache.messages(CID)] == ["hello", "[bold]where[/bold] is my order"]
+
+
+def test_replayed_events_are_skipped_and_gaps_refused(tmp_path: Path) -> None:
+    cache = Cache(tmp_path / "c.db")
+    cache.apply([received(1, "a"), received(2, "b")])
+    assert cache.apply([received(2, "b"), received(3, "c")]) == [received(3, "c")]
+    with pytest.raises(GapError):
+        cache.apply([received(5, "e")])
+    assert cache.cursor() == 3
+    assert len(cache.messages(CID)) == 3
+
+
+def test_a_failed_batch_leaves_cache_and_cursor_untouched(tmp_path: Path) -> None:
+    cache = Cache(tmp_path / "c.db")
+    bad = protocol.Event(2, protocol.MESSAGE_RECEIVED, "t", {"conversation_id": CID})  # missing fields
+    with pytest.raises(KeyError):
+        cache.apply([received(1, "a"), bad])
+    assert cache.cursor() == 0 and cache.conversations() == []
+
+
+def test_search_is_newest_first_and_treats_text_as_words(tmp_path: Path) -> None:
+    cache = Cache(tmp_path / "c.db")
+    cache.apply([received(1, "refund please"), received(2, "where is my refund?"), received(3, 'NEAR "x" OR *')])
+    assert [m.body for m in cache.search("refund")] == ["where is my refund?", "refund please"]
+    assert [m.body for m in cache.search('NEAR "x" OR')] == ['NEAR "x" OR *']
+    assert cache.search("   ") == []
+
+
+def test_keyset_paging_of_the_inbox(tmp_path: Path) -> None:
+    cache = Cache(tmp_path / "c.db")
+    events = []
+    for n in range(5):
+        customer = f"+1415555{n:04d}"
+        cid = conversation_id(OUR_NUMBER, customer)
+        sid = f"SM{n + 1:032x}"
+        events.append(
+            protocol.Event(
+                n + 1,
+                protocol.MESSAGE_RECEIVED,
+                f"2026-11-24T05:00:0{n}.000Z",
+                {
+                    "message_id": sid,
+                    "message_sid": sid,
+                    "conversation_id": cid,
+                    "twilio_number": OUR_NUMBER,
+                    "customer_number": customer,
+                    "body": str(n),
+                    "media": [],
+                    "received_at": f"2026-11-24T05:00:0{n}.000Z",
+                },
+            )
+        )
+    cache.apply(events)
+    first = cache.conversations(limit=2)
+    rest = cache.conversations(limit=10, before=(first[-1].last_at, first[-1].id))
+    assert [c.last_preview for c in first + rest] == ["4", "3", "2", "1", "0"]
