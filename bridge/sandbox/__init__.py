@@ -1,0 +1,1 @@
+"""The sandbox: a local stand-in for Twilio (REST subset, signed webhooks, simulated customers)."""

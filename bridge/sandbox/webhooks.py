@@ -1,0 +1,136 @@
+"""Webhooks as Twilio sends them: form-encoded POSTs signed with the auth token, each attempt logged."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx
+
+from bridge.sandbox.rest import rfc2822
+from bridge.signature import compute_signature
+
+FORM_CONTENT_TYPE = "application/x-www-form-urlencoded; charset=UTF-8"
+USER_AGENT = "TwilioProxy/1.1"
+RESPONSE_KEEP_CHARS = 4000
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookAttempt:
+    """One POST the sandbox made (or tried to make) to a webhook URL."""
+
+    at: datetime
+    kind: str
+    """``incoming-message`` or ``message-status`` (voice kinds will join them)."""
+    url: str
+    params: tuple[tuple[str, str], ...]
+    idempotency_token: str
+    status_code: int | None
+    """The HTTP status the receiver answered, or None when no answer came (see ``error``)."""
+    ms: float
+    error: str | None = None
+    content_type: str = ""
+    response_text: str = field(default="", repr=False)
+    """The start of the receiver's answer (TwiML, for messaging webhooks)."""
+
+    @property
+    def ok(self) -> bool:
+        return self.status_code is not None and 200 <= self.status_code < 300
+
+    def param(self, name: str) -> str | None:
+        return next((value for key, value in self.params if key == name), None)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "at": rfc2822(self.at),
+            "kind": self.kind,
+            "url": self.url,
+            "message_sid": self.param("MessageSid"),
+            "message_status": self.param("MessageStatus") or self.param("SmsStatus"),
+            "status_code": self.status_code,
+            "ms": round(self.ms, 1),
+            "error": self.error,
+            "idempotency_token": self.idempotency_token,
+            "params": [list(pair) for pair in self.params],
+        }
+
+
+class WebhookPoster:
+    """Posts signed webhooks through one shared httpx client and remembers every attempt."""
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        auth_token: str,
+        clock: Callable[[], datetime],
+        *,
+        timeout: float = 15.0,
+        log_size: int = 10_000,
+    ) -> None:
+        self.http = http
+        self.auth_token = auth_token
+        self.clock = clock
+        # Twilio gives a webhook 15 s in all, at most 10 s of it to connect (its error 11205 documentation).
+        self.timeout = httpx.Timeout(timeout, connect=min(10.0, timeout))
+        self.log: deque[WebhookAttempt] = deque(maxlen=log_size)
+
+    def headers_for(self, url: str, params: Sequence[tuple[str, str]], token: str) -> dict[str, str]:
+        return {
+            "Content-Type": FORM_CONTENT_TYPE,
+            "Accept": "*/*",
+            "User-Agent": USER_AGENT,
+            "X-Twilio-Signature": compute_signature(url, params, self.auth_token),
+            "I-Twilio-Idempotency-Token": token,
+            "X-Home-Region": "us1",
+        }
+
+    async def post(self, url: str, params: Sequence[tuple[str, str]], kind: str) -> WebhookAttempt:
+        """POST ``params`` to ``url``, signed for exactly that URL; failures are logged, never raised."""
+        # A `#ct=…` connection-override fragment never reaches the receiver, so it is neither sent nor signed.
+        target = url.split("#", 1)[0]
+        token = str(uuid.uuid4())
+        headers = self.headers_for(target, params, token)
+        at = self.clock()
+        started = time.perf_counter()
+        status: int | None = None
+        error: str | None = None
+        content_type = ""
+        text = ""
+        try:
+            response = await self.http.post(
+                target, content=urlencode(params).encode("utf-8"), headers=headers, timeout=self.timeout
+            )
+            status = response.status_code
+            content_type = response.headers.get("content-type", "")
+            text = response.text[:RESPONSE_KEEP_CHARS]
+        except httpx.HTTPError as exc:
+            error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        attempt = WebhookAttempt(
+            at=at,
+            kind=kind,
+            url=target,
+            params=tuple(params),
+            idempotency_token=token,
+            status_code=status,
+            ms=(time.perf_counter() - started) * 1000,
+            error=error,
+            content_type=content_type,
+            response_text=text,
+        )
+        self.log.append(attempt)
+        return attempt
+
+    def attempts(self, message_sid: str | None = None, kind: str | None = None) -> list[WebhookAttempt]:
+        """Logged attempts in the order they were made, optionally for one message or of one kind."""
+        return [
+            a
+            for a in self.log
+            if message_sid is None or a.param("MessageSid") == message_sid
+            if kind is None or a.kind == kind
+        ]

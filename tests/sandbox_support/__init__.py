@@ -1,0 +1,1 @@
+"""Test helpers for the sandbox and anything else served on loopback during tests."""
