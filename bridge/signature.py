@@ -14,7 +14,7 @@ import base64
 import hashlib
 import hmac
 from collections.abc import Iterable, Mapping
-from urllib.parse import parse_qs, urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlparse, urlsplit
 
 Params = Mapping[str, str] | Iterable[tuple[str, str]]
 
@@ -47,26 +47,30 @@ def compute_signature(url: str, params: Params, secret: str, algorithm: str = "H
 
 
 def _url_without_port(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.port is None:
-        return url
+    parts = urlparse(url)
+    if not parts.port:
+        return parts.geturl()
     host = parts.hostname or ""
     if ":" in host:  # IPv6 literal
         host = f"[{host}]"
-    netloc = host if not parts.username else f"{parts.username}{':' + parts.password if parts.password else ''}@{host}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    userinfo, at, _ = parts.netloc.rpartition("@")
+    return parts._replace(netloc=f"{userinfo}{at}{host}").geturl()
 
 
 def _url_with_port(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.port is not None:
-        return url
+    parts = urlparse(url)
+    if parts.port:
+        return parts.geturl()
     default = 443 if parts.scheme == "https" else 80
-    return urlunsplit((parts.scheme, f"{parts.netloc}:{default}", parts.path, parts.query, parts.fragment))
+    return parts._replace(netloc=f"{parts.netloc}:{default}").geturl()
 
 
 def url_variants(url: str) -> list[str]:
-    """The URLs a signature may have been made over: without the port, and with the default port added."""
+    """The URLs a signature may have been made over: without the port, and with the default port added.
+
+    Both go through ``urlparse(...).geturl()`` as in the official SDK, so an empty ``?`` or ``;`` at the end of the
+    URL is dropped exactly as the SDK drops it and our verdict stays the SDK's verdict.
+    """
     variants = [_url_without_port(url), _url_with_port(url)]
     return list(dict.fromkeys(variants))
 
@@ -104,10 +108,26 @@ def validate(
     ``url`` is the public URL Twilio requested, raw query string included. For a JSON body pass ``raw_body``:
     the URL's ``bodySHA256`` must match it and the body's fields are not signed. ``settings_header`` is
     ``X-Twilio-Webhooks-Signature-Settings``; with it, the signature is checked with the named algorithm and the
-    SharedKey secret from ``shared_keys`` (by key id).
+    SharedKey secret from ``shared_keys`` (by key id). Never raises: a URL that can't be parsed (a bad port, a
+    broken IPv6 literal) or a header that can't be encoded is simply not a valid signature.
     """
     if not signature:
         return False
+    try:
+        return _validate(url, params, signature, auth_token, raw_body, settings_header, shared_keys)
+    except (ValueError, UnicodeError):
+        return False
+
+
+def _validate(
+    url: str,
+    params: Params,
+    signature: str,
+    auth_token: str,
+    raw_body: bytes | None,
+    settings_header: str | None,
+    shared_keys: Mapping[str, str] | None,
+) -> bool:
     secret = auth_token
     algorithm = "HMAC_SHA1"
     settings = parse_signature_settings(settings_header)
