@@ -72,6 +72,11 @@ class CommandRunner:
         return await asyncio.shield(task)
 
     async def _run_once(self, agent: str, cmd: protocol.Command) -> protocol.Result:
+        if not protocol.is_text(cmd.args):
+            # Not recorded: such args cannot be stored, and the same args always get this same answer.
+            return protocol.Result.failure(
+                cmd.id, "bad_args", "The command's text holds a \\u escape for a lone surrogate, which is not text."
+            )
         known = await self.store.read(lambda conn: find_command(conn, agent, cmd.id))
         if known is not None and known.result is not None:
             return _result_from(known.result)

@@ -23,9 +23,11 @@ STOP_KEYWORDS = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "Q
 START_KEYWORDS = frozenset({"START", "UNSTOP", "YES"})
 OPTED_OUT_ERROR = 21610
 
-_SID = re.compile(r"^(SM|MM)[0-9a-fA-F]{32}$")
-_ANY_SID = re.compile(r"^[A-Z]{2}[0-9a-fA-F]{32}$")
-_E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
+# Always used with fullmatch: "$" alone would also accept a value with a trailing newline.
+_SID = re.compile(r"(SM|MM)[0-9a-fA-F]{32}")
+_ANY_SID = re.compile(r"[A-Z]{2}[0-9a-fA-F]{32}")
+_E164 = re.compile(r"\+[1-9][0-9]{6,14}")
+_DIGITS = re.compile(r"[0-9]{1,9}")  # ASCII digits only: str.isdigit() also admits "²" and "①"
 MAX_MEDIA = 10
 PREVIEW_CHARS = 120
 
@@ -64,7 +66,7 @@ class InboundMessage:
         sid = form.get("MessageSid") or form.get("SmsMessageSid") or form.get("SmsSid")
         if not sid:
             raise BadWebhook("missing MessageSid")
-        if not _SID.match(sid):
+        if not _SID.fullmatch(sid):
             raise BadWebhook("MessageSid is not a Twilio message SID (SM… or MM… and 32 hex digits)")
         from_number = _number(form, "From")
         to_number = _number(form, "To")
@@ -86,7 +88,7 @@ class InboundMessage:
             to_number=to_number,
             body=form.get("Body", ""),
             media=tuple(media),
-            num_segments=int(segments) if segments and segments.isdigit() else None,
+            num_segments=int(segments) if segments and _DIGITS.fullmatch(segments) else None,
             messaging_service_sid=form.get("MessagingServiceSid") or None,
             opt_out_type=(form.get("OptOutType") or "").upper() or None,
             extra=extra,
@@ -111,7 +113,7 @@ class StatusCallback:
         sid = form.get("MessageSid") or form.get("SmsSid")
         if not sid:
             raise BadWebhook("missing MessageSid")
-        if not _SID.match(sid):
+        if not _SID.fullmatch(sid):
             raise BadWebhook("MessageSid is not a Twilio message SID (SM… or MM… and 32 hex digits)")
         status = (form.get("MessageStatus") or form.get("SmsStatus") or "").lower()
         if not status:
@@ -119,8 +121,8 @@ class StatusCallback:
         if status not in STATUS_RANK:
             raise BadWebhook(f"unknown MessageStatus {status[:40]!r}")
         code_text = form.get("ErrorCode") or ""
-        if code_text and not code_text.isdigit():
-            raise BadWebhook("ErrorCode must be a number")
+        if code_text and not _DIGITS.fullmatch(code_text):
+            raise BadWebhook("ErrorCode must be a number of at most 9 digits")
         code = int(code_text) if code_text else None
         return cls(
             sid=MessageSid(sid),
@@ -149,14 +151,14 @@ def _number(form: dict[str, str], name: str) -> E164:
         raise BadWebhook(f"missing {name}")
     # Twilio sends E.164 for phone numbers; other channels (whatsapp:+1…) keep their prefix.
     bare = value.split(":", 1)[1] if value.startswith(("whatsapp:", "messenger:", "rcs:")) else value
-    if not _E164.match(bare):
+    if not _E164.fullmatch(bare):
         raise BadWebhook(f"{name} is not an E.164 phone number")
     return E164(value)
 
 
 def _count(form: dict[str, str], name: str, limit: int) -> int:
     text = form.get(name, "0") or "0"
-    if not text.isdigit() or int(text) > limit:
+    if not _DIGITS.fullmatch(text) or int(text) > limit:
         raise BadWebhook(f"{name} must be a whole number from 0 to {limit}")
     return int(text)
 
@@ -524,4 +526,4 @@ def record_rejected(
 
 
 def is_twilio_sid(value: str) -> bool:
-    return bool(_ANY_SID.match(value))
+    return bool(_ANY_SID.fullmatch(value))

@@ -168,6 +168,28 @@ def error(code: str, message: str) -> dict[str, Any]:
     return {"type": ERROR, "code": code, "message": message}
 
 
+def is_text(value: Any) -> bool:
+    """False when any string in ``value`` (nested lists and objects included) holds a lone surrogate.
+
+    JSON's ``\\ud800`` escape decodes to one, and such a string can be neither stored nor sent as UTF-8.
+    Iterative, so a deeply nested value cannot exhaust the stack.
+    """
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return False
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return True
+
+
 def _load(text: str | bytes) -> dict[str, Any]:
     if len(text) > MAX_FRAME_BYTES:
         raise ProtocolError("frame_too_large", f"frames are limited to {MAX_FRAME_BYTES} bytes")
@@ -175,6 +197,8 @@ def _load(text: str | bytes) -> dict[str, Any]:
         frame = json.loads(text)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError("bad_json", f"not JSON: {exc}") from None
+    except RecursionError:
+        raise ProtocolError("bad_json", "not JSON we take: nested too deeply") from None
     if not isinstance(frame, dict):
         raise ProtocolError("bad_frame", "a frame must be a JSON object")
     return frame
@@ -198,9 +222,14 @@ def parse_client_frame(text: str | bytes) -> Command | Signal:
     if kind == SIGNAL:
         conversation = frame.get("conversation_id")
         signal = frame.get("signal")
-        if not isinstance(conversation, str) or not conversation or len(conversation) > 128:
+        if (
+            not isinstance(conversation, str)
+            or not conversation
+            or len(conversation) > 128
+            or not is_text(conversation)
+        ):
             raise ProtocolError("bad_signal", "a signal needs a conversation_id")
-        if signal not in SIGNALS:
+        if not isinstance(signal, str) or signal not in SIGNALS:
             raise ProtocolError("bad_signal", f"signal must be one of {', '.join(sorted(SIGNALS))}")
         return Signal(conversation_id=conversation, signal=str(signal))
     raise ProtocolError("bad_type", f"unknown frame type {kind!r}")

@@ -18,6 +18,7 @@ import secrets
 import sqlite3
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -257,6 +258,10 @@ def open_database(path: Path | str) -> sqlite_utils.Database:
     return db
 
 
+READER_THREADS = 4
+"""Reader connections (one per thread): enough for replays to several consoles while commands look things up."""
+
+
 class SqliteStore:
     """The event log and current state in one SQLite file (WAL, synchronous=FULL), with group commit."""
 
@@ -268,6 +273,10 @@ class SqliteStore:
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
+        # Own pools, not asyncio's default: close() must be able to wait for every query still running on a
+        # connection before closing it (a cancelled to_thread() leaves its query running in the thread).
+        self._read_pool = ThreadPoolExecutor(max_workers=READER_THREADS, thread_name_prefix="store-read")
+        self._write_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-write")
         self._queue: asyncio.Queue[_Pending | None] | None = None
         self._writer_task: asyncio.Task[None] | None = None
         self._listeners: list[Callable[[list[StoredEvent]], None]] = []
@@ -286,6 +295,8 @@ class SqliteStore:
             await self._writer_task
         self._writer_task = None
         self._queue = None
+        await asyncio.to_thread(self._read_pool.shutdown, True)
+        await asyncio.to_thread(self._write_pool.shutdown, True)
         with self._readers_lock:
             for conn in self._readers:
                 conn.close()
@@ -325,7 +336,8 @@ class SqliteStore:
                     break
                 batch.append(item)
             try:
-                outcomes = await asyncio.to_thread(self._commit_batch, [p.op for p in batch])
+                ops = [p.op for p in batch]
+                outcomes = await asyncio.get_running_loop().run_in_executor(self._write_pool, self._commit_batch, ops)
             except BaseException as exc:  # the commit itself failed: nobody in the batch is acknowledged
                 for pending in batch:
                     if not pending.future.done():
@@ -392,8 +404,8 @@ class SqliteStore:
             conn.execute("COMMIT")
 
     async def read(self, query: Callable[[sqlite3.Connection], T]) -> T:
-        """Run a read-only query off the event loop."""
-        return await asyncio.to_thread(self.read_sync, query)
+        """Run a read-only query off the event loop. Raises RuntimeError once the store is closing."""
+        return await asyncio.get_running_loop().run_in_executor(self._read_pool, self.read_sync, query)
 
     async def read_after(self, seq: int, limit: int = 1000) -> list[StoredEvent]:
         def query(conn: sqlite3.Connection) -> list[StoredEvent]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 
 from starlette.responses import PlainTextResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -22,6 +23,7 @@ from bridge.store import agent_for_token
 log = logging.getLogger("switchboard.bridge.stream")
 
 REPLAY_PAGE = 1000
+_CURSOR = re.compile(r"[0-9]{1,18}")  # ASCII digits: str.isdigit() also admits "²"
 
 
 async def _refuse(websocket: WebSocket, status: int, reason: str) -> None:
@@ -51,10 +53,20 @@ async def stream_endpoint(websocket: WebSocket) -> None:
         await _refuse(websocket, 401, "unknown or revoked agent token")
         return
     after_text = websocket.query_params.get("after", "0")
-    if not after_text.isdigit() or len(after_text) > 18:
+    if not _CURSOR.fullmatch(after_text):
         await _refuse(websocket, 400, "after must be a whole number (the last seq this console has)")
         return
     after = int(after_text)
+    head = await bridge.store.head()
+    if after > head:
+        # A cursor from another bridge's log (or a restored backup): resuming from it would silently skip events.
+        await _refuse(
+            websocket,
+            409,
+            f"after={after} is beyond this bridge's log (its last event is #{head}); "
+            "this console's cache belongs to another bridge: reset it and resume from 0",
+        )
+        return
     await websocket.accept()
     sub = bridge.hub.connect(agent)
     log.info("%s connected, resuming after %d", agent, after)
@@ -123,6 +135,10 @@ async def _receive_loop(bridge: Bridge, websocket: WebSocket, sub: Subscriber) -
                 frame = protocol.parse_client_frame(text)
             except protocol.ProtocolError as exc:
                 sub.offer((None, protocol.encode(protocol.error(exc.code, str(exc)))))
+                continue
+            except Exception:  # a parser bug must cost one frame, not the agent's stream
+                log.exception("could not read a frame from %s", sub.agent)
+                sub.offer((None, protocol.encode(protocol.error("bad_frame", "the bridge could not read that frame"))))
                 continue
             if isinstance(frame, protocol.Signal):
                 relayed = protocol.Signal(frame.conversation_id, frame.signal, agent=sub.agent)

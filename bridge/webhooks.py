@@ -48,7 +48,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     """The raw body, refusing anything over ``limit`` bytes before reading it all."""
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.isdigit():
+        if not declared.isascii() or not declared.isdigit():
             raise Refusal(400, "Content-Length is not a number")
         if int(declared) > limit:
             raise Refusal(413, f"body is over {limit // 1024} KiB")
@@ -79,7 +79,7 @@ def parse_params(content_type: str, body: bytes) -> tuple[Params, bytes | None]:
     if media_type == JSON:
         try:
             payload = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise Refusal(400, "body is not valid JSON") from None
         if not isinstance(payload, dict) or len(payload) > MAX_FIELDS:
             raise Refusal(400, "a JSON body must be one object of fields")
@@ -88,8 +88,19 @@ def parse_params(content_type: str, body: bytes) -> tuple[Params, bytes | None]:
             if isinstance(value, (dict, list)):
                 raise Refusal(400, f"field {key[:40]!r} must be a plain value")
             pairs.append((str(key), "" if value is None else str(value)))
+        if any(_has_surrogate(k) or _has_surrogate(v) for k, v in pairs):
+            # "\ud800" is valid JSON but no text: it could be neither stored nor streamed as UTF-8.
+            raise Refusal(400, "body has a \\u escape for a lone surrogate, which is not text")
         return pairs, body
     raise Refusal(415, f"content type must be {FORM}")
+
+
+def _has_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def signed_url(request: Request, settings: Settings) -> str:

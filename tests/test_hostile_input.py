@@ -64,14 +64,11 @@ def fuzz(max_examples: int, *, shrink: bool = True) -> hypothesis_settings:
 
 
 def known_bugs(reason: str) -> pytest.MarkDecorator:
-    """Two variants of a property: without the inputs of the bugs named in ``reason`` (must pass), and with them
-    (fails until they are fixed, then XPASS tells you to drop the mark). Each bug also has its own test_bug_* below."""
+    """Two variants of a property: the plain inputs, and the plain inputs plus those that once tripped the bugs
+    named in ``reason`` (fixed; kept as regressions). Each bug also has its own test_bug_* below."""
     return pytest.mark.parametrize(
         "with_known_bugs",
-        [
-            pytest.param(False, id="known-bugs-excluded"),
-            pytest.param(True, id="known-bugs-included", marks=pytest.mark.xfail(strict=True, reason=reason)),
-        ],
+        [pytest.param(False, id="plain-inputs"), pytest.param(True, id="with-former-bug-inputs")],
     )
 
 
@@ -969,26 +966,22 @@ def assert_refused_or_stored(client: TestClient, settings: Settings, url: str, p
     check_webhook(db, url, first_values(params), before, seq, status, text)
 
 
-@pytest.mark.xfail(strict=True, reason="A: NumMedia passes isdigit() but int() raises ValueError (500)")
 @pytest.mark.parametrize("num_media", ["²", "①", "9" * 4301])
 def test_bug_a_num_media_that_int_refuses(client: TestClient, settings: Settings, num_media: str) -> None:
     assert_refused_or_stored(client, settings, SMS, replace(inbound_params(), NumMedia=num_media))
 
 
-@pytest.mark.xfail(strict=True, reason="B: NumSegments passes isdigit() but int() raises ValueError (500)")
 @pytest.mark.parametrize("segments", ["²", "9" * 4301])
 def test_bug_b_num_segments_that_int_refuses(client: TestClient, settings: Settings, segments: str) -> None:
     assert_refused_or_stored(client, settings, SMS, replace(inbound_params(), NumSegments=segments))
 
 
-@pytest.mark.xfail(strict=True, reason="C: ErrorCode that int() refuses, or ≥ 2**63 (SQLite OverflowError): 500")
 @pytest.mark.parametrize("code", ["²", "9" * 4301, str(2**63), "9" * 20])
 def test_bug_c_error_code_out_of_range(client: TestClient, settings: Settings, code: str) -> None:
     params = status_params(message_sid(), "failed") + [("ErrorCode", code)]
     assert_refused_or_stored(client, settings, STATUS, params)
 
 
-@pytest.mark.xfail(strict=True, reason="D: a lone surrogate escape in a JSON body reaches SQLite: UnicodeEncodeError")
 @pytest.mark.parametrize(("url", "field"), [(SMS, "Body"), (STATUS, "ErrorMessage")])
 def test_bug_d_lone_surrogate_in_a_json_webhook(client: TestClient, settings: Settings, url: str, field: str) -> None:
     params = inbound_params() if url == SMS else status_params(message_sid(), "failed", error_code=30003)
@@ -1000,7 +993,6 @@ def test_bug_d_lone_surrogate_in_a_json_webhook(client: TestClient, settings: Se
     assert status != 200, "a body that cannot be stored as sent is refused"
 
 
-@pytest.mark.xfail(strict=True, reason="I: deeply nested JSON raises RecursionError before the signature check")
 @pytest.mark.parametrize("body", [b"[" * 50000, b'{"a":' * 10000 + b"1" + b"}" * 10000])
 def test_bug_i_deeply_nested_json_webhook(client: TestClient, settings: Settings, body: bytes) -> None:
     before = snapshot(settings.db_path)
@@ -1009,7 +1001,6 @@ def test_bug_i_deeply_nested_json_webhook(client: TestClient, settings: Settings
     assert snapshot(settings.db_path) == before
 
 
-@pytest.mark.xfail(strict=True, reason="F: without public_url, a Host with a bad port or bracket: urlsplit ValueError")
 @pytest.mark.parametrize("host", ["example.com:abc", "example.com:99999", "[::1"])
 def test_bug_f_bad_host_header_without_public_url(settings: Settings, agent_token: str, host: str) -> None:
     with TestClient(create_app(settings.with_(public_url=None)), base_url=BASE) as client:
@@ -1018,7 +1009,6 @@ def test_bug_f_bad_host_header_without_public_url(settings: Settings, agent_toke
     assert_one_line_refusal(response.status_code, response.text)
 
 
-@pytest.mark.xfail(strict=True, reason="K: _SID and _E164 use re.match with $, which also matches before a final \\n")
 @pytest.mark.parametrize("field", ["MessageSid", "From", "To"])
 def test_bug_k_trailing_newline_in_sid_or_number(client: TestClient, settings: Settings, field: str) -> None:
     params = inbound_params()
@@ -1030,7 +1020,6 @@ def test_bug_k_trailing_newline_in_sid_or_number(client: TestClient, settings: S
     assert snapshot(settings.db_path) == before
 
 
-@pytest.mark.xfail(strict=True, reason="E: after=² passes isdigit() and len ≤ 18, then int() raises in the handshake")
 @pytest.mark.parametrize("after", ["%C2%B2", "%E2%91%A0"])
 def test_bug_e_cursor_that_int_refuses(client: TestClient, agent_token: str, after: str) -> None:
     with pytest.raises(WebSocketDenialResponse) as refused:
@@ -1039,7 +1028,6 @@ def test_bug_e_cursor_that_int_refuses(client: TestClient, agent_token: str, aft
     assert refused.value.status_code == 400
 
 
-@pytest.mark.xfail(strict=True, reason="J: a deeply nested frame: RecursionError kills the receive loop and stream")
 def test_bug_j_deeply_nested_frame(client: TestClient, agent_token: str) -> None:
     with console(client, agent_token, 0) as ws:
         ws.send_text("[" * 100000)
@@ -1047,7 +1035,6 @@ def test_bug_j_deeply_nested_frame(client: TestClient, agent_token: str) -> None
         assert reply["type"] == protocol.ERROR
 
 
-@pytest.mark.xfail(strict=True, reason="M: an unhashable 'signal' raises TypeError; the receive loop and stream die")
 def test_bug_m_unhashable_signal(client: TestClient, agent_token: str) -> None:
     with console(client, agent_token, 0) as ws:
         ws.send_text(json.dumps({"type": "signal", "conversation_id": "CV1", "signal": ["typing"]}))
@@ -1055,7 +1042,6 @@ def test_bug_m_unhashable_signal(client: TestClient, agent_token: str) -> None:
         assert (reply["type"], reply["code"]) == (protocol.ERROR, "bad_signal")
 
 
-@pytest.mark.xfail(strict=True, reason="G: a signal with a lone surrogate escape is relayed as a non-UTF-8 frame")
 def test_bug_g_signal_with_a_lone_surrogate(client: TestClient, settings: Settings, agent_token: str) -> None:
     db = open_database(settings.db_path)
     other = add_agent(db, "ben")
@@ -1068,7 +1054,6 @@ def test_bug_g_signal_with_a_lone_surrogate(client: TestClient, settings: Settin
             pass
 
 
-@pytest.mark.xfail(strict=True, reason="H: a lone surrogate escape in send_sms args: internal_error, not a refusal")
 @pytest.mark.parametrize(
     "args",
     [
@@ -1085,7 +1070,6 @@ def test_bug_h_lone_surrogate_in_command_args(client: TestClient, agent_token: s
         assert frame["ok"] is False and frame["error"]["code"] == "bad_args"
 
 
-@pytest.mark.xfail(strict=True, reason="L: after= beyond the log's head is accepted, then every event ≤ it is dropped")
 def test_bug_l_cursor_beyond_the_head_loses_events(client: TestClient, agent_token: str) -> None:
     try:
         with client.websocket_connect("/v1/stream?after=1000", headers=bearer(agent_token)) as ws:
@@ -1102,7 +1086,6 @@ def test_bug_l_cursor_beyond_the_head_loses_events(client: TestClient, agent_tok
 # -- found along the way -----------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="N: SqliteStore.close() closes reader connections under reads still running")
 async def test_bug_n_store_close_waits_for_reads_in_flight(tmp_path: Path) -> None:
     """At shutdown the lifespan cancels the revocation watcher, but cancelling ``asyncio.to_thread`` leaves its
     read running in the worker thread; ``close()`` then closes that thread's connection under it (a segfault)."""
