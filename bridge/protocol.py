@@ -5,8 +5,9 @@ Version 1. Every frame is one JSON object in one WebSocket text message.
 Bridge → console
     ``{"seq": 42, "type": "message.received", "ts": "2026-11-24T05:00:00.123Z", "data": {...}}``
         An event from the log. ``seq`` is gap-free and strictly increasing; ``type`` is one of ``EVENT_TYPES``.
-    ``{"type": "caught_up", "cursor": 42}``
-        Sent once, after every event with ``seq > after`` has been replayed; live events follow.
+    ``{"type": "caught_up", "cursor": 42, "agent": "ana"}``
+        Sent once, after every event with ``seq > after`` has been replayed; live events follow. ``agent`` is the
+        name the token belongs to, so a console knows which conversations are its own.
     ``{"type": "result", "id": "c-1", "ok": true, "data": {...}}``
     ``{"type": "result", "id": "c-1", "ok": false, "error": {"code": "opted_out", "message": "..."}}``
         The answer to a command, by the command's id. Resending an id returns the first answer.
@@ -160,8 +161,11 @@ def encode(frame: dict[str, Any]) -> str:
     return json.dumps(frame, ensure_ascii=False, separators=(",", ":"))
 
 
-def caught_up(cursor: int) -> dict[str, Any]:
-    return {"type": CAUGHT_UP, "cursor": cursor}
+def caught_up(cursor: int, agent: str | None = None) -> dict[str, Any]:
+    frame: dict[str, Any] = {"type": CAUGHT_UP, "cursor": cursor}
+    if agent is not None:
+        frame["agent"] = agent
+    return frame
 
 
 def error(code: str, message: str) -> dict[str, Any]:

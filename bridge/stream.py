@@ -92,7 +92,7 @@ async def _send_loop(bridge: Bridge, websocket: WebSocket, sub: Subscriber, afte
     cursor = await _replay(bridge, websocket, after)
     bridge.hub.attach(sub)
     cursor = await _replay(bridge, websocket, cursor)
-    await websocket.send_text(protocol.encode(protocol.caught_up(cursor)))
+    await websocket.send_text(protocol.encode(protocol.caught_up(cursor, sub.agent)))
     while True:
         seq, frame = await sub.queue.get()
         if seq is None:

@@ -701,7 +701,8 @@ def read_frame(ws: WebSocketTestSession, timeout: float = RECEIVE_TIMEOUT) -> di
 @contextmanager
 def console(client: TestClient, token: str, after: int) -> Iterator[WebSocketTestSession]:
     with client.websocket_connect(f"/v1/stream?after={after}", headers=bearer(token)) as ws:
-        assert read_frame(ws) == protocol.caught_up(after)
+        frame = read_frame(ws)
+        assert (frame["type"], frame["cursor"]) == (protocol.CAUGHT_UP, after)
         yield ws
 
 
