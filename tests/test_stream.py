@@ -63,7 +63,7 @@ def test_resume_from_cursor_sends_only_later_events(client: TestClient, agent_to
 
 def test_caught_up_on_an_empty_log(client: TestClient, agent_token: str) -> None:
     with client.websocket_connect("/v1/stream", headers=auth(agent_token)) as ws:
-        assert ws.receive_json() == {"type": "caught_up", "cursor": 0}
+        assert ws.receive_json() == {"type": "caught_up", "cursor": 0, "agent": "ana"}
 
 
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer nope"}, {"Authorization": "Basic abc"}])
@@ -113,7 +113,7 @@ def test_signals_reach_other_consoles_and_are_not_logged(
         ana.send_json({"type": "signal", "conversation_id": "CVabc", "signal": "typing"})
         assert ben.receive_json() == {"type": "signal", "conversation_id": "CVabc", "signal": "typing", "agent": "ana"}
     with client.websocket_connect("/v1/stream", headers=auth(agent_token)) as again:
-        assert again.receive_json() == {"type": "caught_up", "cursor": 0}
+        assert again.receive_json() == {"type": "caught_up", "cursor": 0, "agent": "ana"}
 
 
 @pytest.mark.parametrize(
