@@ -109,7 +109,7 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from bridge.demo import run_demo
 
-    return run_demo(data_dir=args.data_dir, rate=args.rate, seconds=args.seconds)
+    return run_demo(data_dir=args.data_dir, rate=args.rate, seconds=args.seconds, for_console=args.for_console)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -144,6 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--data-dir", type=Path, help="keep the demo's data here (default: a temporary directory)")
     demo.add_argument("--rate", type=float, default=20.0, help="simulated customer texts per minute")
     demo.add_argument("--seconds", type=float, default=None, help="stop after this many seconds")
+    demo.add_argument(
+        "--for-console",
+        action="store_true",
+        help="print one JSON line (bridge URL, agent token) and serve, no demo agent (used by `switchboard demo`)",
+    )
     demo.set_defaults(func=cmd_demo)
     return parser
 

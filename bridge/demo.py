@@ -132,7 +132,9 @@ async def run_agent(bridge_url: str, token: str, out: TextIO, reply_delay: float
             await asyncio.gather(*pending, return_exceptions=True)
 
 
-async def demo(data_dir: Path, rate: float, seconds: float | None, out: TextIO = sys.stdout) -> None:
+async def demo(
+    data_dir: Path, rate: float, seconds: float | None, out: TextIO = sys.stdout, for_console: bool = False
+) -> None:
     from bridge.sandbox.app import SandboxConfig, create_sandbox_app
 
     bridge_port, sandbox_port = _free_port(), _free_port()
@@ -147,7 +149,10 @@ async def demo(data_dir: Path, rate: float, seconds: float | None, out: TextIO =
     )
     db = open_database(settings.db_path)
     try:
-        token = add_agent(db, f"demo-agent-{bridge_port}")
+        token = add_agent(db, "you" if for_console else f"demo-agent-{bridge_port}")
+        if for_console:
+            for teammate in ("ana", "ben"):  # someone to assign to
+                add_agent(db, teammate)
     finally:
         db.close()
     sandbox = SandboxConfig(
@@ -158,6 +163,15 @@ async def demo(data_dir: Path, rate: float, seconds: float | None, out: TextIO =
         customer_rate=rate,
     )
     async with _serving(create_app(settings), bridge_port), _serving(create_sandbox_app(sandbox), sandbox_port):
+        if for_console:
+            # One line for `switchboard demo`, which runs this in a child process and opens the console on it.
+            ready = {"url": bridge_url, "token": token, "sandbox_url": sandbox_url, "data_dir": str(data_dir)}
+            _line(out, json.dumps(ready))
+            if seconds is None:
+                await asyncio.Event().wait()
+            else:
+                await asyncio.sleep(seconds)
+            return
         _line(out, f"Switchboard demo — bridge {bridge_url}, Twilio sandbox {sandbox_url}, data in {data_dir}")
         _line(
             out,
@@ -181,14 +195,16 @@ async def demo(data_dir: Path, rate: float, seconds: float | None, out: TextIO =
                 await agent
 
 
-def run_demo(data_dir: Path | None = None, rate: float = 20.0, seconds: float | None = None) -> int:
+def run_demo(
+    data_dir: Path | None = None, rate: float = 20.0, seconds: float | None = None, for_console: bool = False
+) -> int:
     # One line per event is the demo's output; per-request HTTP logs would drown it.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     with contextlib.ExitStack() as stack:
         if data_dir is None:
             data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="switchboard-demo-")))
         loop = asyncio.new_event_loop()
-        main = loop.create_task(demo(data_dir, rate, seconds))
+        main = loop.create_task(demo(data_dir, rate, seconds, for_console=for_console))
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(signal.SIGINT, main.cancel)
             loop.add_signal_handler(signal.SIGTERM, main.cancel)

@@ -94,6 +94,48 @@ def m001_cache(db: sqlite_utils.Database) -> None:
     )
 
 
+@migrations()
+def m002_team_state(db: sqlite_utils.Database) -> None:
+    db.execute("ALTER TABLE conversations ADD COLUMN snoozed_until TEXT")
+    db.execute("CREATE INDEX conversations_by_status ON conversations (status, last_at DESC, id DESC)")
+    db.execute("CREATE INDEX messages_by_conversation_at ON messages (conversation_id, at)")
+
+
+# Event types from the conversation-actions commands (see bridge/protocol.py).
+CONVERSATION_ASSIGNED = "conversation.assigned"
+CONVERSATION_STATUS = "conversation.status"
+NOTE_ADDED = "note.added"
+
+STATUSES = ("open", "pending", "resolved", "snoozed", "all")
+OWNERS = ("mine", "unassigned", "all")
+
+
+@dataclass(frozen=True, slots=True)
+class InboxFilter:
+    """Which conversations the inbox lists: by status and by owner (``agent`` is who "mine" means)."""
+
+    status: str = "open"
+    owner: str = "all"
+    agent: str | None = None
+
+    def where(self) -> tuple[str, list[Any]]:
+        clauses: list[str] = []
+        params: list[Any] = []
+        if self.status != "all":
+            clauses.append("status = ?")
+            params.append(self.status)
+        if self.owner == "mine":
+            clauses.append("assignee = ?")
+            params.append(self.agent or "")
+        elif self.owner == "unassigned":
+            clauses.append("assignee IS NULL")
+        return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+    def describe(self) -> str:
+        owner = {"mine": "mine", "unassigned": "unassigned", "all": "everyone's"}[self.owner]
+        return f"{self.status} · {owner}"
+
+
 # Delivery status precedence, as the bridge applies it (statuses arrive already resolved; this guards replays).
 _FAILED = {"failed", "undelivered"}
 
@@ -113,6 +155,7 @@ class ConversationRow:
     opted_out: bool
     failed: bool
     waiting_since: str | None
+    snoozed_until: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +180,16 @@ def _connect(path: Path | str) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")  # the bridge holds the durable copy; a lost tail is replayed
     return conn
+
+
+_CONVERSATION_COLUMNS = (
+    "id, twilio_number, customer_number, customer_name, status, assignee, last_at, last_preview, "
+    "last_direction, unread, opted_out, failed, waiting_since, snoozed_until"
+)
+_MESSAGE_COLUMNS = (
+    "m.pos, m.id, m.sid, m.conversation_id, m.direction, m.body, m.media, m.status, m.error_code, "
+    "m.error_message, m.agent, m.at"
+)
 
 
 class Cache:
@@ -216,10 +269,7 @@ class Cache:
 
     def conversations(self, limit: int = 100, before: tuple[str, str] | None = None) -> list[ConversationRow]:
         """Conversations by last activity, newest first; ``before`` is the (last_at, id) keyset of the last row."""
-        sql = (
-            "SELECT id, twilio_number, customer_number, customer_name, status, assignee, last_at, last_preview, "
-            "last_direction, unread, opted_out, failed, waiting_since FROM conversations"
-        )
+        sql = f"SELECT {_CONVERSATION_COLUMNS} FROM conversations"
         params: list[Any] = []
         if before is not None:
             sql += " WHERE (last_at, id) < (?, ?)"
@@ -232,8 +282,7 @@ class Cache:
         row = (
             self.conn()
             .execute(
-                "SELECT id, twilio_number, customer_number, customer_name, status, assignee, last_at, last_preview, "
-                "last_direction, unread, opted_out, failed, waiting_since FROM conversations WHERE id = ?",
+                f"SELECT {_CONVERSATION_COLUMNS} FROM conversations WHERE id = ?",
                 (conversation_id,),
             )
             .fetchone()
@@ -242,10 +291,7 @@ class Cache:
 
     def messages(self, conversation_id: str, limit: int = 200, before_pos: int | None = None) -> list[MessageRow]:
         """A page of a thread, oldest first, ending just before ``before_pos`` (or at the newest)."""
-        sql = (
-            "SELECT pos, id, sid, conversation_id, direction, body, media, status, error_code, error_message, "
-            "agent, at FROM messages WHERE conversation_id = ?"
-        )
+        sql = f"SELECT {_MESSAGE_COLUMNS} FROM messages m WHERE conversation_id = ?"
         params: list[Any] = [conversation_id]
         if before_pos is not None:
             sql += " AND pos < ?"
@@ -256,18 +302,92 @@ class Cache:
         rows.reverse()
         return rows
 
+    def messages_from(self, conversation_id: str, from_pos: int, limit: int = 200) -> list[MessageRow]:
+        """A page of a thread, oldest first, starting at ``from_pos`` (for jumping to a search hit)."""
+        sql = f"SELECT {_MESSAGE_COLUMNS} FROM messages m WHERE conversation_id = ? AND pos >= ? ORDER BY pos LIMIT ?"
+        return [_message(r) for r in self.conn().execute(sql, (conversation_id, from_pos, limit))]
+
     def search(self, text: str, limit: int = 50) -> list[MessageRow]:
         """Full-text search over every cached message, newest first."""
         query = _fts_query(text)
         if not query:
             return []
         rows = self.conn().execute(
-            "SELECT m.pos, m.id, m.sid, m.conversation_id, m.direction, m.body, m.media, m.status, m.error_code, "
-            "m.error_message, m.agent, m.at FROM messages_fts JOIN messages m ON m.pos = messages_fts.rowid "
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages_fts JOIN messages m ON m.pos = messages_fts.rowid "
             "WHERE messages_fts MATCH ? ORDER BY messages_fts.rowid DESC LIMIT ?",
             (query, limit),
         )
         return [_message(r) for r in rows]
+
+    # -- the inbox -------------------------------------------------------------------------------------------
+
+    def inbox_count(self, inbox: InboxFilter) -> int:
+        where, params = inbox.where()
+        return int(self.conn().execute(f"SELECT count(*) FROM conversations{where}", params).fetchone()[0])
+
+    def inbox_window(self, inbox: InboxFilter, offset: int, limit: int) -> list[ConversationRow]:
+        """Rows ``offset`` to ``offset + limit`` of the inbox, newest activity first (served by an index)."""
+        where, params = inbox.where()
+        sql = (
+            f"SELECT {_CONVERSATION_COLUMNS} FROM conversations{where} ORDER BY last_at DESC, id DESC LIMIT ? OFFSET ?"
+        )
+        return [_conversation(r) for r in self.conn().execute(sql, [*params, limit, offset])]
+
+    def inbox_position(self, inbox: InboxFilter, conversation_id: str) -> int | None:
+        """Where a conversation sits in the inbox (None if the filter hides it)."""
+        row = self.conversation(conversation_id)
+        if row is None:
+            return None
+        where, params = inbox.where()
+        joiner = " AND " if where else " WHERE "
+        found = (
+            self.conn()
+            .execute(
+                f"SELECT count(*) FROM conversations{where}{joiner}(last_at, id) > (?, ?)",
+                [*params, row.last_at, row.id],
+            )
+            .fetchone()[0]
+        )
+        visible = (
+            self.conn()
+            .execute(f"SELECT 1 FROM conversations{where}{joiner}id = ?", [*params, conversation_id])
+            .fetchone()
+        )
+        return int(found) if visible else None
+
+    def unread_total(self) -> int:
+        return int(self.conn().execute("SELECT coalesce(sum(unread), 0) FROM conversations").fetchone()[0])
+
+    def next_needing_attention(self, agent: str | None) -> ConversationRow | None:
+        """The conversation waiting longest for an answer that is mine or unassigned (and not resolved/snoozed)."""
+        row = (
+            self.conn()
+            .execute(
+                f"SELECT {_CONVERSATION_COLUMNS} FROM conversations WHERE waiting_since IS NOT NULL "
+                "AND status IN ('open', 'pending') AND (assignee IS NULL OR assignee = ?) "
+                "ORDER BY waiting_since, id LIMIT 1",
+                (agent or "",),
+            )
+            .fetchone()
+        )
+        return None if row is None else _conversation(row)
+
+    def mark_read(self, conversation_id: str) -> None:
+        with self._write_lock:
+            self.conn().execute("UPDATE conversations SET unread = 0 WHERE id = ? AND unread != 0", (conversation_id,))
+
+    def mark_unread(self, conversation_id: str) -> None:
+        with self._write_lock:
+            self.conn().execute("UPDATE conversations SET unread = max(unread, 1) WHERE id = ?", (conversation_id,))
+
+    def pending_outbox(self, conversation_id: str) -> list[tuple[str, str, dict[str, Any], str, str | None]]:
+        """Commands for this conversation not yet answered or failed: (id, command, args, state, error)."""
+        rows = self.conn().execute(
+            "SELECT command_id, command, args, state, error FROM outbox WHERE conversation_id = ? AND state != 'done' "
+            "ORDER BY created_at, command_id",
+            (conversation_id,),
+        )
+        return [(r[0], r[1], json.loads(r[2]), r[3], r[4]) for r in rows]
 
     def close(self) -> None:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -301,6 +421,7 @@ def _conversation(row: sqlite3.Row) -> ConversationRow:
         opted_out=bool(row[10]),
         failed=bool(row[11]),
         waiting_since=row[12],
+        snoozed_until=row[13],
     )
 
 
@@ -407,4 +528,20 @@ def _apply_one(conn: sqlite3.Connection, event: protocol.Event) -> None:
         conn.execute(
             "UPDATE conversations SET opted_out = ? WHERE id = ?", (int(bool(d["opted_out"])), d["conversation_id"])
         )
+    elif kind == CONVERSATION_ASSIGNED:
+        conn.execute("UPDATE conversations SET assignee = ? WHERE id = ?", (d.get("assignee"), d["conversation_id"]))
+    elif kind == CONVERSATION_STATUS:
+        status = d["status"]
+        conn.execute(
+            "UPDATE conversations SET status = ?, snoozed_until = ?, "
+            "waiting_since = CASE WHEN ? = 'resolved' THEN NULL ELSE waiting_since END WHERE id = ?",
+            (status, d.get("snoozed_until") if status == "snoozed" else None, status, d["conversation_id"]),
+        )
+    elif kind == NOTE_ADDED:
+        conn.execute(
+            "INSERT INTO messages (id, conversation_id, direction, body, status, agent, at, seq) "
+            "VALUES (?, ?, 'note', ?, NULL, ?, ?, ?) ON CONFLICT(id) DO NOTHING",
+            (d["note_id"], d["conversation_id"], d.get("body", ""), d.get("agent"), d.get("at") or event.ts, event.seq),
+        )
+        conn.execute("UPDATE conversations SET message_count = message_count + 1 WHERE id = ?", (d["conversation_id"],))
     # Unknown types come from a newer bridge: the cursor moves past them; nothing here depends on them.

@@ -1,0 +1,174 @@
+"""The Textual app: wiring only. The cache, the bridge link and the screens do the work."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from datetime import tzinfo
+from typing import Any
+
+from textual.app import App, SystemCommand
+from textual.binding import Binding
+from textual.screen import Screen
+
+from bridge import protocol
+from console import messages, times
+from console.cache import Cache
+from console.client import BridgeLink, LinkState, LinkStatus
+from console.config import ConsoleConfig
+from console.screens.help import HelpScreen
+from console.screens.main import MainScreen
+
+LinkFactory = Callable[["SwitchboardApp"], BridgeLink]
+TYPING_EVERY = 3.0
+"""Seconds between "typing" signals while an agent keeps typing."""
+
+
+class SwitchboardApp(App[None]):
+    """Switchboard: the support console for texts to a team's Twilio numbers."""
+
+    TITLE = "Switchboard"
+    CSS_PATH = "app.tcss"
+    BINDINGS = [
+        Binding("question_mark,f1", "help", "Help", id="help", tooltip="Every key, with its id for [keymap]"),
+        Binding("ctrl+q", "quit", "Quit", id="quit", priority=True, tooltip="Quit Switchboard"),
+    ]
+
+    def __init__(
+        self,
+        cache: Cache,
+        config: ConsoleConfig,
+        *,
+        link_factory: LinkFactory | None = None,
+        clock: times.Clock = times.system_clock,
+        tz: tzinfo | None = None,
+    ) -> None:
+        super().__init__()
+        self.cache = cache
+        self.config = config
+        self.clock = clock
+        self.tz = tz
+        self.agent: str | None = cache.meta("agent")
+        self.link: BridgeLink | None = link_factory(self) if link_factory else None
+        self._waiting: dict[str, asyncio.Future[protocol.Result]] = {}
+        self._typing_sent: dict[str, float] = {}
+        self.main = MainScreen()
+
+    def get_default_screen(self) -> Screen[Any]:
+        return self.main
+
+    def on_mount(self) -> None:
+        if self.config.keymap:
+            self.set_keymap(dict(self.config.keymap))
+        if self.link is not None:
+            self.run_worker(self.link.run(), name="bridge-link", group="link", exit_on_error=False)
+        else:
+            self.link_status(LinkStatus(LinkState.OFFLINE, "no bridge configured: showing the cache"))
+
+    # -- from the link (same event loop) ---------------------------------------------------------------------
+
+    def link_status(self, status: LinkStatus) -> None:
+        agent = getattr(self.link, "agent", None) if self.link else None
+        if agent and agent != self.agent:
+            self.agent = agent
+            self.cache.set_meta("agent", agent)
+        detail = status.detail
+        if status.state == LinkState.RECONNECTING and status.retry_in is not None:
+            detail = (
+                f"next try in {status.retry_in:.0f} s — {detail}" if detail else f"next try in {status.retry_in:.0f} s"
+            )
+        self.main.post_message(messages.LinkChanged(status.state.value, detail))
+
+    def link_events(self, events: list[protocol.Event]) -> None:
+        touched = {str(e.data["conversation_id"]) for e in events if e.data.get("conversation_id")}
+        self.main.post_message(messages.EventsApplied(events, touched))
+
+    def link_result(self, result: protocol.Result) -> None:
+        waiter = self._waiting.pop(result.id, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(result)
+            return
+        self.main.post_message(messages.CommandSettled(result))
+
+    def link_signal(self, signal: protocol.Signal) -> None:
+        if signal.agent and signal.agent != self.agent:
+            self.main.post_message(messages.SignalReceived(signal.agent, signal.conversation_id, signal.signal))
+
+    # -- to the link -----------------------------------------------------------------------------------------
+
+    async def run_command(self, command: str, args: dict[str, Any], conversation_id: str | None = None) -> str | None:
+        """Queue a command in the outbox (sent now if connected, else when the bridge is back)."""
+        if self.link is None:
+            self.notify(
+                "No bridge is configured, so nothing can be sent. Run `switchboard login URL`.", severity="error"
+            )
+            return None
+        return await self.link.command(command, args, conversation_id)
+
+    async def list_agents(self) -> list[str] | None:
+        """The team's active agents, asked of the bridge now (None when it is not reachable)."""
+        if self.link is None or self.link.status.state != LinkState.CONNECTED:
+            return None
+        command_id = f"list-agents-{uuid.uuid4().hex[:12]}"
+        waiter: asyncio.Future[protocol.Result] = asyncio.get_running_loop().create_future()
+        self._waiting[command_id] = waiter
+        try:
+            await self.link.send_now(protocol.Command(command_id, "list_agents", {}))
+            result = await asyncio.wait_for(waiter, timeout=5.0)
+        except (TimeoutError, ConnectionError, OSError):
+            return None
+        finally:
+            self._waiting.pop(command_id, None)
+        if not result.ok:
+            return None
+        return [str(a["name"]) for a in result.data.get("agents", []) if a.get("active", True)]
+
+    def send_signal(self, conversation_id: str, signal: str, *, throttle: bool = False) -> None:
+        if self.link is None or self.link.status.state != LinkState.CONNECTED:
+            return
+        if throttle:
+            now = time.monotonic()
+            if now - self._typing_sent.get(conversation_id, 0.0) < TYPING_EVERY:
+                return
+            self._typing_sent[conversation_id] = now
+        self.run_worker(self.link.signal(conversation_id, signal), group="signals", exit_on_error=False)
+
+    # -- help and palette ------------------------------------------------------------------------------------
+
+    def binding_sections(self) -> list[tuple[str, list[Binding]]]:
+        from console.screens.picker import Picker
+        from console.widgets.composer import ReplyArea
+        from console.widgets.conversation_list import ConversationList
+        from console.widgets.thread_view import ThreadView
+
+        def own(bindings: Iterable[Binding | tuple[str, ...]]) -> list[Binding]:
+            return [b for b in bindings if isinstance(b, Binding)]
+
+        return [
+            ("Everywhere", own(self.BINDINGS)),
+            ("Conversations", own(MainScreen.BINDINGS)),
+            ("Inbox", own(ConversationList.BINDINGS)),
+            ("Thread", own(ThreadView.BINDINGS)),
+            ("Composer", own(ReplyArea.BINDINGS)),
+            ("Pickers", own(Picker.BINDINGS)),
+        ]
+
+    def action_help(self) -> None:
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen(self.binding_sections()))
+
+    def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        for binding in MainScreen.BINDINGS:
+            if not isinstance(binding, Binding):
+                continue
+            action = binding.action
+            if self.main.check_action(action, ()) is False:
+                continue
+            yield SystemCommand(
+                binding.description,
+                f"{binding.tooltip} ({self.get_key_display(binding)})",
+                lambda action=action: self.run_action(action, self.main),
+            )

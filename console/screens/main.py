@@ -1,0 +1,475 @@
+"""The working screen: the inbox on the left; the open conversation, its header and the composer on the right."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import tempfile
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import Screen
+from textual.timer import Timer
+from textual.widgets import Footer
+
+from console import messages
+from console.cache import OWNERS, STATUSES, ConversationRow, InboxFilter
+from console.phones import display_number
+from console.screens.confirm import Confirm
+from console.screens.picker import Choice, Picker
+from console.screens.search import Hit, SearchScreen
+from console.text import one_line
+from console.widgets.composer import Composer, ReplyArea
+from console.widgets.conversation_header import ConversationHeader
+from console.widgets.conversation_list import ConversationList
+from console.widgets.status_line import StatusLine
+from console.widgets.thread_view import ThreadView
+
+if TYPE_CHECKING:
+    from console.app import SwitchboardApp
+
+NEEDS_CONVERSATION = {
+    "reply",
+    "add_note",
+    "claim",
+    "assign",
+    "resolve",
+    "reopen",
+    "set_pending",
+    "snooze",
+    "mark_unread",
+    "open_attachment",
+}
+LETTER_KEYS = NEEDS_CONVERSATION | {"search", "next_waiting", "cycle_status", "cycle_owner"}
+SNOOZE_CHOICES = [("1h", "for an hour"), ("3h", "for 3 hours"), ("tomorrow", "until 9:00 tomorrow"), ("3d", "3 days")]
+
+
+def snooze_until(choice: str, now: datetime) -> datetime | None:
+    """ "30m", "2h", "3d" or "tomorrow" (9:00 local) → a UTC time; None if it can't be read."""
+    text = choice.strip().lower()
+    if text == "tomorrow":
+        local = now.astimezone()
+        return (local + timedelta(days=1)).replace(hour=9, minute=0, second=0, microsecond=0).astimezone(UTC)
+    units = {"m": 60, "h": 3600, "d": 86400}
+    if len(text) >= 2 and text[-1] in units and text[:-1].isascii() and text[:-1].isdigit():
+        seconds = int(text[:-1]) * units[text[-1]]
+        if 0 < seconds <= 90 * 86400:
+            return now + timedelta(seconds=seconds)
+    return None
+
+
+class MainScreen(Screen[None]):
+    """Inbox, thread and composer.
+
+    | Key | Action |
+    | :- | :- |
+    | `/` | Search every message. |
+    | `n` | Next conversation needing attention. |
+    | `r` / `m` | Write a reply / an internal note (`ctrl+r` canned reply, `ctrl+o` $EDITOR). |
+    | `c`, `a` | Claim, assign. |
+    | `x`, `o`, `p`, `z` | Resolve, reopen, pending, snooze. |
+    | `u` | Mark unread. |
+    | `f`, `F` | Cycle the status filter, the owner filter. |
+    """
+
+    BINDINGS = [
+        Binding("slash", "search", "Search", id="search", tooltip="Search every cached message"),
+        Binding("n", "next_waiting", "Next", id="next-waiting", tooltip="Jump to the oldest unanswered conversation"),
+        Binding("r", "reply", "Reply", id="reply", tooltip="Write a reply to the customer"),
+        Binding("m", "add_note", "Note", id="add-note", tooltip="Write an internal note (never sent)"),
+        Binding("c", "claim", "Claim", id="claim", tooltip="Assign this conversation to yourself"),
+        Binding("a", "assign", "Assign", id="assign", tooltip="Assign this conversation to an agent"),
+        Binding("x", "resolve", "Resolve", id="resolve", tooltip="Mark the conversation resolved"),
+        Binding("o", "reopen", "Reopen", id="reopen", tooltip="Reopen the conversation"),
+        Binding("p", "set_pending", "Pending", show=False, id="set-pending", tooltip="Mark it waiting on the customer"),
+        Binding("z", "snooze", "Snooze", id="snooze", tooltip="Hide it until a time, then reopen"),
+        Binding("u", "mark_unread", "Unread", show=False, id="mark-unread", tooltip="Mark the conversation unread"),
+        Binding(
+            "f", "cycle_status", "Status filter", show=False, id="filter-status", tooltip="Cycle the status filter"
+        ),
+        Binding("F", "cycle_owner", "Owner filter", show=False, id="filter-owner", tooltip="Cycle mine/unassigned/all"),
+        Binding("O", "open_attachment", "Attachment", show=False, id="open-attachment", tooltip="Open an attachment"),
+        Binding("ctrl+r", "canned", "Canned", id="canned-reply", tooltip="Insert a canned reply (fuzzy search)"),
+        Binding("ctrl+o", "editor", "$EDITOR", id="editor", tooltip="Write the reply in $EDITOR"),
+        Binding("escape", "back", "Back", show=False, id="back", tooltip="Back to the inbox"),
+    ]
+
+    DEFAULT_CSS = """
+    MainScreen {
+        & #panes { height: 1fr; }
+        & #inbox-pane { width: 2fr; min-width: 30; max-width: 60; border-right: solid $primary 30%; }
+        & #thread-pane { width: 3fr; }
+        & ConversationList { height: 1fr; }
+        & ThreadView { height: 1fr; }
+    }
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._reload_timer: Timer | None = None
+        self._touched: set[str] = set()
+        self._presence: dict[str, dict[str, str]] = {}
+        self._opening: str | None = None
+
+    @property
+    def console_app(self) -> SwitchboardApp:
+        from console.app import SwitchboardApp
+
+        assert isinstance(self.app, SwitchboardApp)
+        return self.app
+
+    def compose(self) -> ComposeResult:
+        app = self.console_app
+        with Horizontal(id="panes"):
+            with Vertical(id="inbox-pane"):
+                yield ConversationList(app.cache, region=app.config.region, tz=app.tz, clock=app.clock, id="inbox")
+            with Vertical(id="thread-pane"):
+                yield ConversationHeader(app.config.region, id="header")
+                yield ThreadView(app.cache, region=app.config.region, tz=app.tz, clock=app.clock, id="thread")
+                yield Composer(id="composer")
+        yield StatusLine(id="status")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one(ConversationList).focus()
+        self._refresh_status()
+
+    # -- shortcuts -------------------------------------------------------------------------------------------
+
+    @property
+    def inbox(self) -> ConversationList:
+        return self.query_one(ConversationList)
+
+    @property
+    def thread(self) -> ThreadView:
+        return self.query_one(ThreadView)
+
+    @property
+    def composer(self) -> Composer:
+        return self.query_one(Composer)
+
+    @property
+    def header(self) -> ConversationHeader:
+        return self.query_one(ConversationHeader)
+
+    @property
+    def current(self) -> ConversationRow | None:
+        return self.header.conversation
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        row = self.current
+        if action in NEEDS_CONVERSATION and row is None:
+            return False
+        if row is not None:
+            if action == "claim" and row.assignee == self.console_app.agent:
+                return False
+            if action == "resolve" and row.status == "resolved":
+                return False
+            if action == "reopen" and row.status == "open":
+                return False
+        writing = self.composer.area.has_focus
+        if action in ("canned", "editor") and not writing:
+            return False
+        if writing and action in LETTER_KEYS:
+            return False  # those keys type into the reply while it has focus; don't offer them in the footer
+        return True
+
+    # -- opening conversations -------------------------------------------------------------------------------
+
+    @on(ConversationList.Selected)
+    def _selected(self, event: ConversationList.Selected) -> None:
+        self.open_conversation(event.conversation_id)
+        self.composer.area.focus()
+
+    @on(ConversationList.Highlighted)
+    def _highlighted(self, event: ConversationList.Highlighted) -> None:
+        if self._opening != event.conversation_id:
+            self.open_conversation(event.conversation_id)
+
+    def open_conversation(self, conversation_id: str, at_pos: int | None = None) -> None:
+        self._opening = conversation_id
+        self._load_header(conversation_id, at_pos, mark_read=True)
+
+    @work(thread=True, group="header")
+    def _load_header(self, conversation_id: str, at_pos: int | None = None, mark_read: bool = False) -> None:
+        app = self.console_app
+        if mark_read:
+            app.cache.mark_read(conversation_id)
+        row = app.cache.conversation(conversation_id)
+        self.app.call_from_thread(self._show_header, row, at_pos, mark_read)
+
+    def _show_header(self, row: ConversationRow | None, at_pos: int | None, opened: bool) -> None:
+        previous = self.current
+        self.header.conversation = row
+        self.header.me = self.console_app.agent or ""
+        self.composer.opted_out = bool(row and row.opted_out)
+        self._show_presence()
+        if row is None:
+            return
+        if opened or previous is None or previous.id != row.id:
+            label = one_line(row.customer_name) if row.customer_name else display_number(row.customer_number)
+            self.thread.show(row.id, label, at_pos)
+            self.console_app.send_signal(row.id, "viewing")
+            if previous is not None and previous.id != row.id:
+                self.console_app.send_signal(previous.id, "idle")
+            self._schedule_inbox_reload()
+        self.refresh_bindings()
+
+    # -- live updates ----------------------------------------------------------------------------------------
+
+    def on_events_applied(self, message: messages.EventsApplied) -> None:
+        self._touched |= message.conversations
+        self._schedule_inbox_reload()
+        current = self.current
+        for event in message.events:
+            cid = event.data.get("conversation_id")
+            if event.type == "message.received" and cid != (current.id if current else None):
+                who = display_number(str(event.data.get("customer_number", "")), self.console_app.config.region)
+                self.notify(one_line(str(event.data.get("body", "")))[:80] or "(attachment)", title=f"Text from {who}")
+                if self.console_app.config.bell:
+                    self.app.bell()
+
+    def _schedule_inbox_reload(self) -> None:
+        # Bursts of events coalesce into one repaint every 50 ms: a busy queue never stutters the UI.
+        if self._reload_timer is None:
+            self._reload_timer = self.set_timer(0.05, self._reload_now)
+
+    def _reload_now(self) -> None:
+        self._reload_timer = None
+        touched, self._touched = self._touched, set()
+        self.inbox.reload()
+        current = self.current
+        if current is not None and current.id in touched:
+            self.thread.refresh_thread()
+            self._load_header(current.id, mark_read=self.thread.has_focus or self.composer.area.has_focus)
+        self._refresh_status()
+
+    @work(thread=True, group="status")
+    def _refresh_status(self) -> None:
+        total = self.console_app.cache.unread_total()
+        self.app.call_from_thread(setattr, self.query_one(StatusLine), "unread", total)
+
+    def on_link_changed(self, message: messages.LinkChanged) -> None:
+        status = self.query_one(StatusLine)
+        status.state, status.detail = message.state, message.text
+        status.agent = self.console_app.agent or ""
+        self.header.me = self.console_app.agent or ""
+        self.refresh_bindings()
+
+    def on_signal_received(self, message: messages.SignalReceived) -> None:
+        here = self._presence.setdefault(message.conversation_id, {})
+        if message.signal == "idle":
+            here.pop(message.agent, None)
+        else:
+            here[message.agent] = message.signal
+        self._show_presence()
+
+    def _show_presence(self) -> None:
+        row = self.current
+        others = self._presence.get(row.id, {}) if row else {}
+        parts = [
+            f"{one_line(agent)} is {'typing…' if what == 'typing' else 'viewing'}" for agent, what in others.items()
+        ]
+        self.header.presence = " · ".join(parts)
+
+    def on_command_settled(self, message: messages.CommandSettled) -> None:
+        result = message.result
+        if not result.ok:
+            self.notify(one_line(result.error_message or "The bridge refused the command."), severity="error")
+        if self.current is not None:
+            self.thread.refresh_thread()
+
+    # -- composing -------------------------------------------------------------------------------------------
+
+    def on_text_area_changed(self, event: ReplyArea.Changed) -> None:
+        row = self.current
+        if row is not None and event.text_area.text:
+            self.console_app.send_signal(row.id, "typing", throttle=True)
+
+    async def on_composer_sent(self, event: Composer.Sent) -> None:
+        row = self.current
+        if row is None:
+            self.notify("Open a conversation first (enter in the inbox).", severity="warning")
+            return
+        if event.note:
+            await self.console_app.run_command("add_note", {"conversation_id": row.id, "body": event.text}, row.id)
+            self.composer.clear()
+            self.composer.note_mode = False
+            self.thread.refresh_thread()
+            return
+        if row.opted_out:
+            self.notify("This customer opted out (STOP). Texts are blocked until they text START.", severity="error")
+            return
+        me = self.console_app.agent
+        if row.assignee is not None and me is not None and row.assignee != me:
+            question = f"{row.assignee} has claimed this conversation. Send your reply anyway?"
+            self.app.push_screen(Confirm(question), lambda yes: self._send_confirmed(yes, row, event.text))
+            return
+        await self._send(row, event.text)
+
+    def _send_confirmed(self, yes: bool | None, row: ConversationRow, text: str) -> None:
+        if yes:
+            self.run_worker(self._send(row, text), group="send")
+
+    async def _send(self, row: ConversationRow, text: str) -> None:
+        await self.console_app.run_command("send_sms", {"conversation_id": row.id, "body": text}, row.id)
+        self.composer.clear()
+        self.console_app.send_signal(row.id, "idle")
+        self.thread.refresh_thread()
+
+    # -- actions ---------------------------------------------------------------------------------------------
+
+    def action_search(self) -> None:
+        app = self.console_app
+        self.app.push_screen(SearchScreen(app.cache, app.config.region, app.tz, app.clock), self._jump_to_hit)
+
+    def _jump_to_hit(self, hit: Hit | None) -> None:
+        if hit is not None:
+            self.open_conversation(hit.conversation_id, at_pos=hit.pos)
+            self.inbox.set_filter(InboxFilter("all", "all", self.console_app.agent), keep=hit.conversation_id)
+            self._update_filter_label()
+            self.thread.focus()
+
+    @work(thread=True, group="next")
+    def action_next_waiting(self) -> None:
+        row = self.console_app.cache.next_needing_attention(self.console_app.agent)
+        self.app.call_from_thread(self._go_next, row)
+
+    def _go_next(self, row: ConversationRow | None) -> None:
+        if row is None:
+            self.notify("Nothing is waiting for an answer. 🎉")
+            return
+        self.open_conversation(row.id)
+        if self.inbox.inbox.status not in (row.status, "all") or self.inbox.inbox.owner == "mine":
+            self.inbox.set_filter(InboxFilter("all", "all", self.console_app.agent), keep=row.id)
+            self._update_filter_label()
+        else:
+            self.inbox.select(row.id)
+        self.composer.area.focus()
+
+    def action_reply(self) -> None:
+        self.composer.note_mode = False
+        self.composer.area.focus()
+
+    def action_add_note(self) -> None:
+        self.composer.note_mode = True
+        self.composer.area.focus()
+
+    def action_back(self) -> None:
+        self.composer.note_mode = False
+        self.inbox.focus()
+
+    async def _conversation_command(self, command: str, **args: Any) -> None:
+        row = self.current
+        if row is not None:
+            await self.console_app.run_command(command, {"conversation_id": row.id, **args}, row.id)
+
+    async def action_claim(self) -> None:
+        await self._conversation_command("claim")
+
+    async def action_resolve(self) -> None:
+        await self._conversation_command("set_status", status="resolved")
+
+    async def action_reopen(self) -> None:
+        await self._conversation_command("set_status", status="open")
+
+    async def action_set_pending(self) -> None:
+        await self._conversation_command("set_status", status="pending")
+
+    def action_snooze(self) -> None:
+        choices = [Choice(hint, value) for value, hint in SNOOZE_CHOICES]
+        self.app.push_screen(Picker("Snooze until…", choices, free_text="or type 30m, 2h, 3d"), self._snooze_picked)
+
+    def _snooze_picked(self, value: str | None) -> None:
+        if value is None:
+            return
+        until = snooze_until(value, self.console_app.clock())
+        if until is None:
+            self.notify(f"Can't read {value!r} as a time: use 30m, 2h, 3d or tomorrow.", severity="error")
+            return
+        stamp = until.strftime("%Y-%m-%dT%H:%M:%SZ")
+        self.run_worker(self._conversation_command("set_status", status="snoozed", until=stamp), group="snooze")
+
+    async def action_assign(self) -> None:
+        agents = await self.console_app.list_agents()
+        if agents is None:
+            self.notify("Assigning needs the bridge: it is not connected.", severity="warning")
+            return
+        choices = [Choice(name, name) for name in agents] + [Choice("Unassign", "", "nobody")]
+        self.app.push_screen(Picker("Assign to…", choices), self._assign_picked)
+
+    def _assign_picked(self, value: str | None) -> None:
+        if value is not None:
+            self.run_worker(self._conversation_command("assign", agent=value or None), group="assign")
+
+    @work(thread=True, group="unread")
+    def action_mark_unread(self) -> None:
+        row = self.current
+        if row is not None:
+            self.console_app.cache.mark_unread(row.id)
+            self.app.call_from_thread(self._after_unread)
+
+    def _after_unread(self) -> None:
+        self.inbox.reload()
+        self._refresh_status()
+        self.inbox.focus()
+
+    def action_cycle_status(self) -> None:
+        current = self.inbox.inbox
+        status = STATUSES[(STATUSES.index(current.status) + 1) % len(STATUSES)]
+        self.inbox.set_filter(InboxFilter(status, current.owner, self.console_app.agent))
+        self._update_filter_label()
+
+    def action_cycle_owner(self) -> None:
+        current = self.inbox.inbox
+        owner = OWNERS[(OWNERS.index(current.owner) + 1) % len(OWNERS)]
+        self.inbox.set_filter(InboxFilter(current.status, owner, self.console_app.agent))
+        self._update_filter_label()
+
+    def _update_filter_label(self) -> None:
+        self.query_one(StatusLine).inbox = self.inbox.inbox.describe()
+
+    def action_open_attachment(self) -> None:
+        found = self.thread.attachments()
+        if not found:
+            self.notify("No attachments in the loaded part of this thread.")
+            return
+        choices = [Choice(url, url, kind) for kind, url in found]
+        self.app.push_screen(Picker("Open attachment", choices), self._open_url)
+
+    def _open_url(self, url: str | None) -> None:
+        if url:
+            self.app.open_url(url)
+
+    def action_canned(self) -> None:
+        choices = [Choice(text, text) for text in self.console_app.config.canned_replies]
+        self.app.push_screen(Picker("Canned reply", choices), self._insert_canned)
+
+    def _insert_canned(self, text: str | None) -> None:
+        if text:
+            self.composer.area.insert(text)
+            self.composer.area.focus()
+
+    def action_editor(self) -> None:
+        editor = os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi"
+        with tempfile.NamedTemporaryFile("w+", suffix=".txt", encoding="utf-8", delete=False) as draft:
+            draft.write(self.composer.text)
+            path = draft.name
+        try:
+            with self.app.suspend():
+                completed = subprocess.run([*shlex.split(editor), path], check=False)
+            if completed.returncode == 0:
+                with open(path, encoding="utf-8") as edited:
+                    self.composer.set_text(edited.read().rstrip("\n"))
+            else:
+                self.notify(f"{editor} exited with {completed.returncode}; the reply is unchanged.", severity="warning")
+        except (OSError, ValueError) as exc:
+            self.notify(f"Could not run {editor!r}: {exc}. Set $EDITOR.", severity="error")
+        finally:
+            os.unlink(path)
+        self.composer.area.focus()

@@ -1,0 +1,304 @@
+"""The inbox: every conversation by last activity, drawn line by line from windows of the cache.
+
+Built-in list widgets make a widget per row (seconds for 100k rows); this is a ``ScrollView`` whose
+``render_line`` draws row ``scroll_y + y`` from a window of rows fetched by an indexed query in a thread worker.
+Rows not fetched yet draw as a dim placeholder for the few milliseconds the query takes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, tzinfo
+
+from rich.segment import Segment
+from rich.style import Style
+from rich.text import Text
+from textual import work
+from textual.binding import Binding
+from textual.geometry import Size
+from textual.message import Message
+from textual.reactive import reactive
+from textual.scroll_view import ScrollView
+from textual.strip import Strip
+
+from console import times
+from console.cache import Cache, ConversationRow, InboxFilter
+from console.phones import display_number
+from console.text import one_line
+
+WINDOW = 200
+"""Rows fetched per query: a few screens' worth, so scrolling a page rarely waits."""
+
+
+class ConversationList(ScrollView, can_focus=True):
+    """Conversations, newest activity first, with unread counts and markers.
+
+    | Key | Action |
+    | :- | :- |
+    | `up` / `k`, `down` / `j` | Move the cursor. |
+    | `pageup`, `pagedown`, `home`, `end` | Move by a page, to the top or the bottom. |
+    | `enter` | Open the conversation. |
+    """
+
+    BINDINGS = [
+        Binding("up,k", "cursor_up", "Up", show=False, id="inbox.up"),
+        Binding("down,j", "cursor_down", "Down", show=False, id="inbox.down"),
+        Binding("pageup", "page_up", "Page up", show=False, id="inbox.page-up"),
+        Binding("pagedown", "page_down", "Page down", show=False, id="inbox.page-down"),
+        Binding("home", "first", "First", show=False, id="inbox.first"),
+        Binding("end", "last", "Last", show=False, id="inbox.last"),
+        Binding("enter", "open", "Open", show=False, id="inbox.open"),
+    ]
+
+    COMPONENT_CLASSES = {
+        "conversation-list--cursor",
+        "conversation-list--unread",
+        "conversation-list--dim",
+        "conversation-list--alert",
+        "conversation-list--placeholder",
+    }
+
+    DEFAULT_CSS = """
+    ConversationList {
+        background: $surface;
+        scrollbar-size-vertical: 1;
+        & > .conversation-list--cursor { background: $accent 40%; }
+        &:focus > .conversation-list--cursor { background: $accent; color: $text; }
+        & > .conversation-list--unread { text-style: bold; }
+        & > .conversation-list--dim { color: $text-muted; }
+        & > .conversation-list--alert { color: $error; text-style: bold; }
+        & > .conversation-list--placeholder { color: $text-disabled; }
+    }
+    """
+
+    cursor: reactive[int] = reactive(0, always_update=True)
+    """Index of the highlighted row in the current filter's order."""
+
+    @dataclass
+    class Selected(Message):
+        """The agent opened a conversation (enter or click)."""
+
+        conversation_id: str
+
+    @dataclass
+    class Highlighted(Message):
+        """The cursor moved onto a conversation."""
+
+        conversation_id: str
+
+    @dataclass
+    class _Loaded(Message, bubble=False):
+        generation: int
+        count: int
+        offset: int
+        rows: list[ConversationRow]
+
+    def __init__(
+        self,
+        cache: Cache,
+        *,
+        region: str = "US",
+        tz: tzinfo | None = None,
+        clock: times.Clock = times.system_clock,
+        name: str | None = None,
+        id: str | None = None,
+    ) -> None:
+        super().__init__(name=name, id=id)
+        self.cache = cache
+        self.phone_region = region
+        self.tz = tz
+        self.clock = clock
+        self.inbox = InboxFilter()
+        self.count = 0
+        self._rows: dict[int, ConversationRow] = {}
+        self._generation = 0
+        self._loading: tuple[int, int] | None = None
+        self._follow: str | None = None
+        self._now = clock()
+
+    # -- data ------------------------------------------------------------------------------------------------
+
+    def on_mount(self) -> None:
+        self.reload()
+
+    def set_filter(self, inbox: InboxFilter, keep: str | None = None) -> None:
+        """Show another slice of the inbox; the cursor goes to ``keep`` if given (and shown), else to the top."""
+        self.inbox = inbox
+        self._rows = {}
+        self.cursor = 0
+        self.scroll_to(y=0, animate=False)
+        self.reload(keep=keep or "")
+
+    def reload(self, keep: str | None = None) -> None:
+        """Refetch the count and the visible window (after events, or a filter change).
+
+        ``keep`` is a conversation id the cursor should stay on if it moved in the order.
+        """
+        self._generation += 1
+        self._follow = (keep or None) if keep is not None else self.highlighted_id
+        self._fetch(self._generation, max(0, int(self.scroll_offset.y) - WINDOW // 4), self._follow)
+
+    @work(thread=True, exclusive=True, group="inbox-fetch")
+    def _fetch(self, generation: int, offset: int, follow: str | None = None) -> None:
+        count = self.cache.inbox_count(self.inbox)
+        if follow is not None:
+            at = self.cache.inbox_position(self.inbox, follow)
+            if at is not None:
+                offset = max(0, at - WINDOW // 4)
+        rows = self.cache.inbox_window(self.inbox, offset, WINDOW)
+        self.post_message(self._Loaded(generation, count, offset, rows))
+
+    def on_conversation_list__loaded(self, message: _Loaded) -> None:
+        message.stop()
+        if message.generation != self._generation:
+            return
+        self._loading = None
+        previous = self.highlighted_id
+        self.count = message.count
+        self._rows = {message.offset + i: row for i, row in enumerate(message.rows)}
+        self._now = self.clock()
+        self.virtual_size = Size(self.size.width, self.count)
+        follow, self._follow = self._follow, None
+        if follow is not None:
+            for index, row in self._rows.items():
+                if row.id == follow:
+                    if index != self.cursor:
+                        self.cursor = index
+                    break
+        self.cursor = min(self.cursor, max(0, self.count - 1))
+        self.refresh()
+        if self.highlighted_id is not None and self.highlighted_id != previous:
+            self.post_message(self.Highlighted(self.highlighted_id))
+
+    def _want(self, index: int) -> None:
+        if self._loading is not None and self._loading[0] <= index < self._loading[1]:
+            return
+        offset = max(0, index - WINDOW // 2)
+        self._loading = (offset, offset + WINDOW)
+        self._fetch(self._generation, offset)
+
+    @property
+    def highlighted(self) -> ConversationRow | None:
+        return self._rows.get(self.cursor)
+
+    @property
+    def highlighted_id(self) -> str | None:
+        row = self.highlighted
+        return row.id if row is not None else None
+
+    # -- drawing ---------------------------------------------------------------------------------------------
+
+    def render_line(self, y: int) -> Strip:
+        index = int(self.scroll_offset.y) + y
+        width = self.scrollable_content_region.width
+        base = self.rich_style
+        if index >= self.count:
+            return Strip.blank(width, base)
+        row = self._rows.get(index)
+        if row is None:
+            self._want(index)
+            style = base + self.get_component_rich_style("conversation-list--placeholder")
+            return Strip([Segment("  ·".ljust(width), style)], width)
+        if index == self.cursor:
+            base = base + self.get_component_rich_style("conversation-list--cursor")
+        return self._row_strip(row, width, base)
+
+    def _row_strip(self, row: ConversationRow, width: int, base: Style) -> Strip:
+        dim = self.get_component_rich_style("conversation-list--dim", partial=True)
+        alert = self.get_component_rich_style("conversation-list--alert", partial=True)
+        strong = self.get_component_rich_style("conversation-list--unread", partial=True) if row.unread else Style()
+        line = Text(no_wrap=True, overflow="ellipsis", end="")
+        if row.failed:
+            line.append("! ", alert)
+        elif row.opted_out:
+            line.append("⊘ ", alert)
+        elif row.unread:
+            line.append("● ", strong)
+        else:
+            line.append("  ")
+        who = (
+            one_line(row.customer_name) if row.customer_name else display_number(row.customer_number, self.phone_region)
+        )
+        line.append(f"{who[:18]:<18} ", strong)
+        when = times.short(row.last_at, self._now, self.tz)
+        tail = Text(no_wrap=True, end="")
+        if row.unread:
+            tail.append(f" {row.unread}", strong)
+        if row.assignee is not None:
+            tail.append(f" @{one_line(row.assignee)[:10]}", dim)
+        if row.status not in ("open",):
+            tail.append(f" {row.status}", dim)
+        tail.append(f" {when:>9}", dim)
+        preview = ("you: " if row.last_direction == "outbound" else "") + one_line(row.last_preview)
+        line.append(preview, Style() if row.unread else dim)
+        line.truncate(max(0, width - tail.cell_len), overflow="ellipsis", pad=True)
+        line.append_text(tail)
+        segments = [Segment(seg.text, base + seg.style if seg.style else base) for seg in line.render(self.app.console)]
+        return Strip(segments).adjust_cell_length(width, base)
+
+    def notify_style_update(self) -> None:
+        super().notify_style_update()
+        self.refresh()
+
+    # -- moving ----------------------------------------------------------------------------------------------
+
+    def watch_cursor(self, old: int, new: int) -> None:
+        self._scroll_cursor_into_view()
+        self.refresh()
+        row = self._rows.get(new)
+        if row is not None and old != new:
+            self.post_message(self.Highlighted(row.id))
+
+    def _scroll_cursor_into_view(self) -> None:
+        top, height = int(self.scroll_offset.y), self.scrollable_content_region.height
+        if height <= 0:
+            return
+        if self.cursor < top:
+            self.scroll_to(y=self.cursor, animate=False)
+        elif self.cursor >= top + height:
+            self.scroll_to(y=self.cursor - height + 1, animate=False)
+
+    def _move(self, to: int) -> None:
+        if self.count:
+            self.cursor = max(0, min(self.count - 1, to))
+
+    def action_cursor_up(self) -> None:
+        self._move(self.cursor - 1)
+
+    def action_cursor_down(self) -> None:
+        self._move(self.cursor + 1)
+
+    def action_page_up(self) -> None:
+        self._move(self.cursor - max(1, self.scrollable_content_region.height - 1))
+
+    def action_page_down(self) -> None:
+        self._move(self.cursor + max(1, self.scrollable_content_region.height - 1))
+
+    def action_first(self) -> None:
+        self._move(0)
+
+    def action_last(self) -> None:
+        self._move(self.count - 1)
+
+    def action_open(self) -> None:
+        row = self.highlighted
+        if row is not None:
+            self.post_message(self.Selected(row.id))
+
+    def select(self, conversation_id: str) -> None:
+        """Move the cursor to a conversation (fetching its position if it is off-window)."""
+        for index, row in self._rows.items():
+            if row.id == conversation_id:
+                self.cursor = index
+                return
+        self.reload(keep=conversation_id)
+
+    def on_click(self, event: object) -> None:
+        offset = getattr(event, "y", None)
+        if isinstance(offset, int):
+            self._move(int(self.scroll_offset.y) + offset)
+            self.action_open()
+
+    def refresh_clock(self, now: datetime) -> None:
+        self._now = now
+        self.refresh()

@@ -1,0 +1,345 @@
+"""One conversation's timeline: texts both ways, delivery states, attachments, internal notes, day separators.
+
+A line-API view like the inbox: it holds pages of the thread (200 messages each), draws them into lines once per
+width, and loads the next older (or newer) page from the cache in a thread worker as the agent scrolls toward it,
+so a thread of any length opens at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import tzinfo
+
+from rich.segment import Segment
+from rich.style import Style
+from rich.text import Text
+from textual import work
+from textual.binding import Binding
+from textual.geometry import Size
+from textual.message import Message
+from textual.scroll_view import ScrollView
+from textual.strip import Strip
+
+from console import times
+from console.cache import Cache, MessageRow
+from console.phones import display_number
+from console.text import inert, one_line
+
+PAGE = 200
+NEAR_EDGE = 5
+"""Lines from the top (or bottom) at which the next page is fetched."""
+
+STATUS_MARK = {
+    "sending": "…",
+    "pending": "◷",
+    "queued": "◷",
+    "accepted": "◷",
+    "scheduled": "◷",
+    "sent": "✓",
+    "delivered": "✓✓",
+    "read": "✓✓",
+    "received": "",
+    "failed": "✗",
+    "undelivered": "✗",
+    "canceled": "✗",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """A reply still in the local outbox (made offline, or not yet answered by the bridge)."""
+
+    command_id: str
+    body: str
+    state: str
+    error: str | None
+    note: bool = False
+
+
+class ThreadView(ScrollView, can_focus=True):
+    """The open conversation, newest at the bottom.
+
+    | Key | Action |
+    | :- | :- |
+    | `up` / `k`, `down` / `j` | Scroll a line. |
+    | `pageup`, `pagedown`, `home`, `end` | Scroll a page, to the oldest loaded, to the newest. |
+    """
+
+    BINDINGS = [
+        Binding("up,k", "scroll_up", "Up", show=False, id="thread.up"),
+        Binding("down,j", "scroll_down", "Down", show=False, id="thread.down"),
+        Binding("pageup", "page_up", "Page up", show=False, id="thread.page-up"),
+        Binding("pagedown", "page_down", "Page down", show=False, id="thread.page-down"),
+        Binding("home", "scroll_home", "Oldest", show=False, id="thread.oldest"),
+        Binding("end", "scroll_end", "Newest", show=False, id="thread.newest"),
+    ]
+
+    COMPONENT_CLASSES = {
+        "thread-view--inbound",
+        "thread-view--outbound",
+        "thread-view--note",
+        "thread-view--meta",
+        "thread-view--failed",
+        "thread-view--day",
+        "thread-view--hit",
+    }
+
+    DEFAULT_CSS = """
+    ThreadView {
+        background: $surface;
+        scrollbar-size-vertical: 1;
+        & > .thread-view--inbound { color: $text; }
+        & > .thread-view--outbound { color: $text-primary; }
+        & > .thread-view--note { color: $text-warning; text-style: italic; }
+        & > .thread-view--meta { color: $text-muted; }
+        & > .thread-view--failed { color: $text-error; text-style: bold; }
+        & > .thread-view--day { color: $text-muted; text-style: bold; }
+        & > .thread-view--hit { background: $warning 30%; }
+    }
+    """
+
+    @dataclass
+    class _Page(Message, bubble=False):
+        generation: int
+        where: str  # "fresh" | "older" | "newer"
+        rows: list[MessageRow]
+        pending: list[Pending]
+        has_older: bool
+        has_newer: bool
+        focus_pos: int | None
+
+    def __init__(
+        self,
+        cache: Cache,
+        *,
+        region: str = "US",
+        tz: tzinfo | None = None,
+        clock: times.Clock = times.system_clock,
+        name: str | None = None,
+        id: str | None = None,
+    ) -> None:
+        super().__init__(name=name, id=id)
+        self.cache = cache
+        self.phone_region = region
+        self.tz = tz
+        self.clock = clock
+        self.conversation_id: str | None = None
+        self.customer_label = ""
+        self.rows: list[MessageRow] = []
+        self.pending: list[Pending] = []
+        self.has_older = False
+        self.has_newer = False
+        self.hit_pos: int | None = None
+        self._lines: list[Strip] = []
+        self._line_of_pos: dict[int, int] = {}
+        self._width = 0
+        self._generation = 0
+        self._busy = False
+
+    # -- loading ---------------------------------------------------------------------------------------------
+
+    def show(self, conversation_id: str | None, customer_label: str = "", at_pos: int | None = None) -> None:
+        """Open a conversation at its newest message, or around ``at_pos`` (a search hit)."""
+        self._generation += 1
+        self.conversation_id = conversation_id
+        self.customer_label = customer_label
+        self.hit_pos = at_pos
+        self._busy = True
+        if conversation_id is None:
+            self.rows, self.pending, self._lines = [], [], []
+            self.virtual_size = Size(self.size.width, 0)
+            self.refresh()
+            return
+        self._fetch(self._generation, conversation_id, "fresh", at_pos)
+
+    def refresh_thread(self) -> None:
+        """Re-read what is loaded (new messages, changed statuses), keeping the reader's place."""
+        if self.conversation_id is None:
+            return
+        from_pos = self.rows[0].pos if self.rows else None
+        self._fetch(self._generation, self.conversation_id, "fresh", None, from_pos)
+
+    @work(thread=True, group="thread-fetch")
+    def _fetch(
+        self, generation: int, conversation_id: str, where: str, focus: int | None, from_pos: int | None = None
+    ) -> None:
+        cache = self.cache
+        has_newer = False
+        rows: list[MessageRow]
+        if where == "older":
+            rows = cache.messages(conversation_id, PAGE, before_pos=from_pos)
+            has_older = len(rows) == PAGE
+            has_newer = self.has_newer
+        elif where == "newer":
+            rows = cache.messages_from(conversation_id, from_pos or 0, PAGE)
+            has_newer = len(rows) == PAGE
+            has_older = self.has_older
+        elif focus is not None:
+            earlier = cache.messages(conversation_id, PAGE // 4, before_pos=focus)
+            after_rows = cache.messages_from(conversation_id, focus, PAGE)
+            rows = earlier + after_rows
+            has_older = len(earlier) == PAGE // 4
+            has_newer = len(after_rows) == PAGE
+        elif from_pos is not None:
+            rows = cache.messages_from(conversation_id, from_pos, 100_000)
+            has_older = self.has_older
+        else:
+            rows = cache.messages(conversation_id, PAGE)
+            has_older = len(rows) == PAGE
+        pending = [
+            Pending(cid, str(args.get("body", "")), state, error, note=command == "add_note")
+            for cid, command, args, state, error in cache.pending_outbox(conversation_id)
+            if command in ("send_sms", "add_note")
+        ]
+        self.post_message(self._Page(generation, where, rows, pending, has_older, has_newer, focus))
+
+    def on_thread_view__page(self, message: _Page) -> None:
+        message.stop()
+        self._busy = False
+        if message.generation != self._generation:
+            return
+        at_bottom = self.is_vertical_scroll_end or not self._lines
+        old_height = len(self._lines)
+        old_y = self.scroll_offset.y
+        if message.where == "older":
+            self.rows = message.rows + self.rows
+        elif message.where == "newer":
+            self.rows = self.rows + message.rows
+        else:
+            self.rows = message.rows
+        self.pending = message.pending
+        self.has_older, self.has_newer = message.has_older, message.has_newer
+        self._rebuild()
+        if message.where == "older":
+            self.scroll_to(y=old_y + len(self._lines) - old_height, animate=False)
+        elif message.focus_pos is not None and message.focus_pos in self._line_of_pos:
+            self.scroll_to(y=max(0, self._line_of_pos[message.focus_pos] - 2), animate=False)
+        elif message.where == "fresh" and (at_bottom or self.hit_pos is None):
+            self.scroll_end(animate=False, immediate=True)
+
+    def _maybe_page(self) -> None:
+        if self._busy or self.conversation_id is None:
+            return
+        y, height = int(self.scroll_offset.y), self.scrollable_content_region.height
+        if self.has_older and y < NEAR_EDGE:
+            self._busy = True
+            self._fetch(self._generation, self.conversation_id, "older", None, self.rows[0].pos if self.rows else None)
+        elif self.has_newer and y + height > len(self._lines) - NEAR_EDGE:
+            self._busy = True
+            self._fetch(
+                self._generation, self.conversation_id, "newer", None, self.rows[-1].pos + 1 if self.rows else 0
+            )
+
+    def watch_scroll_y(self, old: float, new: float) -> None:
+        super().watch_scroll_y(old, new)
+        self._maybe_page()
+
+    # -- drawing ---------------------------------------------------------------------------------------------
+
+    def on_resize(self) -> None:
+        if self.scrollable_content_region.width != self._width:
+            self._rebuild()
+
+    def _rebuild(self) -> None:
+        width = max(20, self.scrollable_content_region.width)
+        self._width = self.scrollable_content_region.width
+        style = self.get_component_rich_style
+        meta, day_style = style("thread-view--meta", partial=True), style("thread-view--day", partial=True)
+        now = self.clock()
+        lines: list[Strip] = []
+        positions: dict[int, int] = {}
+        console = self.app.console
+        last_day = ""
+
+        def add(text: Text, indent: int = 0, line_style: Style | None = None) -> None:
+            for part in text.wrap(console, max(10, width - indent - 1)):
+                segments = [Segment(" " * indent)] if indent else []
+                segments += list(part.render(console))
+                strip = Strip(segments)
+                if line_style is not None:
+                    strip = strip.apply_style(line_style)
+                lines.append(strip.adjust_cell_length(width))
+
+        if self.has_older:
+            add(Text("  ↑ older messages load as you scroll up", meta))
+        for row in self.rows:
+            label = times.day(row.at, now, self.tz)
+            if label != last_day:
+                last_day = label
+                rule = f" {label} ".center(width - 2, "─")
+                add(Text(rule, day_style))
+            positions[row.pos] = len(lines)
+            hit = style("thread-view--hit") if row.pos == self.hit_pos else None
+            add(self._header(row, now), 0, hit)
+            body_style = {
+                "inbound": style("thread-view--inbound", partial=True),
+                "outbound": style("thread-view--outbound", partial=True),
+                "note": style("thread-view--note", partial=True),
+            }.get(row.direction, Style())
+            if row.body:
+                add(Text(inert(row.body).expandtabs(4), body_style, end=""), 4 if row.direction != "note" else 6, hit)
+            for item in row.media:
+                kind = one_line(str(item.get("content_type") or "attachment"))
+                add(Text(f"📎 {kind}  {one_line(str(item.get('url', '')))}", meta, end=""), 4)
+            lines.append(Strip.blank(width))
+        for waiting in self.pending:
+            failed = waiting.state == "failed"
+            head = Text("  ", end="")
+            head.append("✎ note " if waiting.note else "▶ you ", style("thread-view--outbound", partial=True))
+            if failed:
+                head.append(
+                    f"· ✗ not sent: {one_line(waiting.error or 'refused')}", style("thread-view--failed", partial=True)
+                )
+            else:
+                head.append("· ◷ waiting for the bridge (outbox)", meta)
+            add(head)
+            add(Text(inert(waiting.body), style("thread-view--outbound", partial=True), end=""), 4)
+            lines.append(Strip.blank(width))
+        self._lines = lines
+        self._line_of_pos = positions
+        self.virtual_size = Size(width, len(lines))
+        self.refresh()
+
+    def _header(self, row: MessageRow, now: object) -> Text:
+        style = self.get_component_rich_style
+        meta = style("thread-view--meta", partial=True)
+        when = times.short(row.at, self.clock(), self.tz)
+        head = Text("", end="")
+        if row.direction == "inbound":
+            head.append("◀ ", style("thread-view--inbound", partial=True))
+            head.append(self.customer_label, Style(bold=True))
+            head.append(f" · {when}", meta)
+            return head
+        if row.direction == "note":
+            head.append("  ✎ note", style("thread-view--note", partial=True))
+            head.append(f" by {one_line(row.agent or 'someone')} · {when}", meta)
+            return head
+        head.append("  ▶ ", style("thread-view--outbound", partial=True))
+        head.append(one_line(row.agent or "team"), Style(bold=True))
+        head.append(f" · {when}", meta)
+        status = row.status or "sending"
+        mark = STATUS_MARK.get(status, "")
+        if status in ("failed", "undelivered", "canceled"):
+            failure = f" · {mark} {status}"
+            if row.error_code:
+                failure += f" — {row.error_code}"
+            if row.error_message:
+                failure += f": {one_line(row.error_message)}"
+            head.append(failure, style("thread-view--failed", partial=True))
+        else:
+            head.append(f" · {mark} {status}".rstrip(), meta)
+        return head
+
+    def render_line(self, y: int) -> Strip:
+        index = int(self.scroll_offset.y) + y
+        if 0 <= index < len(self._lines):
+            return self._lines[index].apply_style(self.rich_style)
+        return Strip.blank(self.scrollable_content_region.width, self.rich_style)
+
+    def attachments(self) -> list[tuple[str, str]]:
+        """(content type, URL) of every attachment loaded, newest first."""
+        found = [(str(m.get("content_type", "")), str(m.get("url", ""))) for r in self.rows for m in r.media]
+        return list(reversed(found))
+
+    def label_for(self, number: str) -> str:
+        return display_number(number, self.phone_region)

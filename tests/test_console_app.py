@@ -1,0 +1,207 @@
+"""Pilot tests of the console over a cache (no bridge): reading, searching, filters, keys, hostile text."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, timedelta
+from pathlib import Path
+
+import pytest
+from textual.pilot import Pilot
+from textual.strip import Strip
+
+from console.app import SwitchboardApp
+from console.cache import Cache
+from console.config import ConsoleConfig
+from console.screens.help import HelpScreen
+from console.screens.search import SearchScreen
+from console.widgets.composer import Composer, counter_text
+from console.widgets.conversation_list import ConversationList
+from console.widgets.thread_view import ThreadView
+from tests.console_support import NOW, EventLog, customer, demo_events, fill, frozen_clock
+
+SIZE = (120, 36)
+
+
+def text_of(strips: list[Strip]) -> str:
+    return "\n".join("".join(segment.text for segment in strip) for strip in strips)
+
+
+@pytest.fixture
+def cache(tmp_path: Path) -> Cache:
+    cache = Cache(tmp_path / "cache.db")
+    fill(cache, demo_events())
+    return cache
+
+
+@asynccontextmanager
+async def running(cache: Cache, config: ConsoleConfig | None = None) -> AsyncIterator[tuple[SwitchboardApp, Pilot]]:
+    app = SwitchboardApp(cache, config or ConsoleConfig(), clock=frozen_clock, tz=UTC)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        yield app, pilot
+
+
+async def settle(pilot: Pilot) -> None:
+    """Let thread workers answer and their messages repaint (bounded: every query here takes milliseconds)."""
+    for _ in range(5):
+        await pilot.pause(0.05)
+        await pilot.app.workers.wait_for_complete()
+    await pilot.pause(0.05)
+
+
+async def test_opens_with_the_cached_history(cache: Cache) -> None:
+    async with running(cache) as (app, pilot):
+        inbox = app.query_one(ConversationList)
+        assert inbox.count == cache.inbox_count(inbox.inbox) > 10
+        assert inbox.highlighted is not None
+        await pilot.press("enter")
+        await settle(pilot)
+        thread = app.query_one(ThreadView)
+        assert thread.conversation_id == inbox.highlighted.id
+        shown = text_of(thread._lines)
+        assert "Photo of the damage attached" in shown
+        assert "image/jpeg" in shown
+        assert "offline" in str(app.query_one("#status").render())
+
+
+async def test_thread_shows_delivery_failures_with_twilios_meaning(cache: Cache) -> None:
+    failed = next(r for r in cache.conversations(100) if r.failed)
+    async with running(cache) as (app, pilot):
+        app.main.open_conversation(failed.id)
+        await settle(pilot)
+        shown = " ".join(text_of(app.query_one(ThreadView)._lines).split())  # the header may wrap
+        assert "✗ undelivered — 30003: Unreachable destination handset" in shown
+
+
+async def test_hostile_customer_text_is_shown_inert(tmp_path: Path) -> None:
+    cache = Cache(tmp_path / "cache.db")
+    log = EventLog()
+    hostile = (
+        "[bold red]FREE[/] \x1b[31mred\x1b[0m \x1b]0;pwned\x07 \x1b[2J[link=https://evil.example]x[/link] \u202etxt"
+    )
+    log.inbound(customer(5), hostile, NOW - timedelta(minutes=1))
+    fill(cache, log.events)
+    async with running(cache) as (app, pilot):
+        await pilot.press("enter")
+        await settle(pilot)
+        shown = text_of(app.query_one(ThreadView)._lines)
+        assert "[bold red]FREE[/]" in shown
+        assert "[link=https://evil.example]x[/link]" in shown
+        assert "␛[31mred␛[0m" in shown and "␛]0;pwned␇" in shown
+        assert "\x1b" not in shown and "\x07" not in shown and "\u202e" not in shown
+        row = text_of([app.query_one(ConversationList).render_line(0)])
+        assert "[bold red]FREE[" in row and "\x1b" not in row
+        svg = app.export_screenshot()
+        assert "pwned" in svg and "evil.example" in svg  # drawn as text, not obeyed
+
+
+async def test_search_jumps_to_the_hit_in_its_thread(cache: Cache) -> None:
+    async with running(cache) as (app, pilot):
+        await pilot.press("slash")
+        await settle(pilot)
+        assert isinstance(app.screen, SearchScreen)
+        await pilot.press(*"replacem")
+        await settle(pilot)
+        search = app.screen
+        assert isinstance(search, SearchScreen)
+        assert search.rows and all("replacement" in r.body.lower() for r in search.rows)
+        target = search.rows[0]
+        await pilot.press("enter")
+        await settle(pilot)
+        thread = app.query_one(ThreadView)
+        assert thread.conversation_id == target.conversation_id
+        assert thread.hit_pos == target.pos
+
+
+async def test_search_treats_syntax_as_words(cache: Cache) -> None:
+    async with running(cache) as (app, pilot):
+        await pilot.press("slash")
+        await pilot.press(*'"OR* NEAR(a b) -x')
+        await settle(pilot)
+        assert isinstance(app.screen, SearchScreen)
+        assert app.screen.rows == []
+
+
+async def test_next_needing_attention_is_the_longest_waiting(cache: Cache) -> None:
+    oldest = cache.next_needing_attention("you")
+    assert oldest is not None
+    async with running(cache) as (app, pilot):
+        await pilot.press("n")
+        await settle(pilot)
+        assert app.query_one(ThreadView).conversation_id == oldest.id
+        assert app.query_one(Composer).area.has_focus
+
+
+async def test_filters_cycle_and_say_what_they_show(cache: Cache) -> None:
+    async with running(cache) as (app, pilot):
+        inbox = app.query_one(ConversationList)
+        everything = inbox.count
+        await pilot.press("f")  # open → pending
+        await settle(pilot)
+        assert inbox.inbox.status == "pending" and inbox.count == 0
+        await pilot.press("f", "f", "f")  # → resolved → snoozed → all
+        await settle(pilot)
+        assert inbox.inbox.status == "all" and inbox.count == everything
+        await pilot.press("F")  # all → mine
+        await settle(pilot)
+        assert inbox.inbox.owner == "mine" and inbox.count == 0
+        assert "mine" in str(app.query_one("#status").render())
+
+
+async def test_composer_counts_segments_live(cache: Cache) -> None:
+    async with running(cache) as (app, pilot):
+        await pilot.press("enter")
+        await pilot.press(*"hello")
+        await settle(pilot)
+        counter = str(app.query_one("#composer-counter").render())
+        assert counter == "5/160 · GSM-7 · 1 segment"
+        app.query_one(Composer).set_text("x" * 150 + " 😀")
+        await settle(pilot)
+        assert str(app.query_one("#composer-counter").render()) == counter_text("x" * 150 + " 😀")
+        assert "UCS-2 · 3 segments" in counter_text("x" * 150 + " 😀")
+
+
+async def test_opted_out_customer_cannot_be_texted(cache: Cache) -> None:
+    opted = next(r for r in cache.conversations(100) if r.opted_out)
+    async with running(cache) as (app, pilot):
+        app.main.open_conversation(opted.id)
+        await settle(pilot)
+        composer = app.query_one(Composer)
+        assert composer.opted_out and composer.has_class("-opted-out")
+        composer.area.focus()
+        await pilot.press(*"hello", "enter")
+        await settle(pilot)
+        assert composer.text == "hello"  # not sent, not cleared
+        assert any("opted out" in str(n.message) for n in app._notifications)
+
+
+async def test_remapped_key(cache: Cache) -> None:
+    async with running(cache, ConsoleConfig(keymap={"search": "ctrl+f"})) as (app, pilot):
+        await pilot.press("slash")
+        await settle(pilot)
+        assert not isinstance(app.screen, SearchScreen)
+        await pilot.press("ctrl+f")
+        await settle(pilot)
+        assert isinstance(app.screen, SearchScreen)
+
+
+async def test_help_lists_every_binding_with_its_id(cache: Cache) -> None:
+    async with running(cache) as (app, pilot):
+        await pilot.press("f1")
+        await settle(pilot)
+        assert isinstance(app.screen, HelpScreen)
+        ids = {b.id for _, bindings in app.binding_sections() for b in bindings}
+        assert {"search", "next-waiting", "claim", "snooze", "composer.send", "inbox.open", "help"} <= ids
+        assert None not in ids
+        await pilot.press("escape")
+        assert not isinstance(app.screen, HelpScreen)
+
+
+async def test_offline_actions_say_they_need_the_bridge(cache: Cache) -> None:
+    async with running(cache) as (app, pilot):
+        await pilot.press("enter")
+        await pilot.press(*"on my way", "enter")
+        await settle(pilot)
+        assert any("No bridge is configured" in str(n.message) for n in app._notifications)
