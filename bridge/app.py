@@ -17,6 +17,7 @@ from starlette.routing import Route, WebSocketRoute
 
 from bridge import protocol
 from bridge.commands import CommandRunner
+from bridge.conversations import SnoozeWaker
 from bridge.hub import Hub
 from bridge.settings import Settings
 from bridge.state import Bridge, bridge_of
@@ -62,6 +63,7 @@ def create_app(settings: Settings, http: httpx.AsyncClient | None = None) -> Sta
         await store.start()
         hub = Hub(settings.stream_queue_size)
         store.subscribe_commits(hub.publish)
+        snoozes = SnoozeWaker(store)
         client = http or httpx.AsyncClient(headers={"User-Agent": "switchboard-bridge/0.1"})
         runner = CommandRunner(settings, store, TwilioRest(settings, client))
         bridge = Bridge(settings=settings, store=store, hub=hub, http=client, commands=runner)
@@ -69,15 +71,17 @@ def create_app(settings: Settings, http: httpx.AsyncClient | None = None) -> Sta
         if resumed:
             log.info("resuming %d send(s) interrupted by the last shutdown", resumed)
         watcher = asyncio.create_task(_watch_revocations(bridge), name="revocation-watcher")
+        waker = asyncio.create_task(snoozes.run(), name="snooze-waker")
         bridge.ready = True
         try:
             yield {"bridge": bridge}
         finally:
             bridge.ready = False
             hub.close_all(protocol.CLOSE_SHUTDOWN, "bridge shutting down")
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            for task in (watcher, waker):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await runner.wait_idle()
             if http is None:
                 await client.aclose()

@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from bridge import protocol
+from bridge.conversations import ConversationCommands
 from bridge.messaging import (
     Conversation,
     OutboundDraft,
@@ -54,6 +55,7 @@ class CommandRunner:
         self._handlers: dict[str, Callable[[str, protocol.Command], Awaitable[protocol.Result]]] = {
             protocol.SEND_SMS: self._send_sms,
         }
+        self._handlers.update(ConversationCommands(store).handlers())  # assign, claim, set_status, add_note, ...
         self.status_callback_url = self._status_callback_url()
 
     def _status_callback_url(self) -> str | None:

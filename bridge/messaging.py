@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bridge import protocol
+from bridge.conversations import reopen_on_customer_text
 from bridge.store import STATUS_RANK, StoredEvent, Tx
 from bridge.twilio_errors import describe_error
 from bridge.types import E164, ConversationId, MessageId, MessageSid, conversation_id
@@ -265,6 +266,7 @@ def record_inbound(tx: Tx, msg: InboundMessage, idempotency_token: str | None) -
     if msg.extra:
         data["details"] = msg.extra
     tx.append(protocol.MESSAGE_RECEIVED, data)
+    reopen_on_customer_text(tx, cid)
     intent = opt_out_intent(msg.body, msg.opt_out_type)
     if intent is not None:
         word = msg.opt_out_type or msg.body.strip().upper()

@@ -53,10 +53,35 @@ error_message, applied (false if it arrived before the message was recorded or l
 OPTOUT_CHANGED: Final = "optout.changed"
 """A customer opted out of or back into texts from one number. data: conversation_id, twilio_number,
 customer_number, opted_out, reason."""
+CONVERSATION_ASSIGNED: Final = "conversation.assigned"
+"""A conversation's assignee changed. data: conversation_id, assignee (agent name or null: unassigned), previous
+(agent name or null), by (the agent who assigned or claimed). A conversation starts unassigned, with no event."""
+CONVERSATION_STATUS: Final = "conversation.status"
+"""A conversation's status changed. data: conversation_id, status (one of CONVERSATION_STATUSES), snoozed_until
+(ISO 8601 UTC with milliseconds when status is "snoozed", else null), previous (the status before), by (the agent,
+or null when the bridge changed it), reason: "agent" (set_status), "snooze ended" (the bridge woke it when
+snoozed_until passed), "customer wrote" (an inbound text reopened a resolved or snoozed conversation; this event
+follows that text's message.received in the same commit). A conversation starts "open", with no event."""
+NOTE_ADDED: Final = "note.added"
+"""An agent's internal note on a conversation (never sent to the customer). data: note_id ("NT" + 32 hex digits),
+conversation_id, body, agent, at (ISO 8601 UTC with milliseconds)."""
 
 EVENT_TYPES: Final = frozenset(
-    {MESSAGE_RECEIVED, MESSAGE_OUTBOUND, MESSAGE_SUBMITTED, MESSAGE_REJECTED, MESSAGE_STATUS, OPTOUT_CHANGED}
+    {
+        MESSAGE_RECEIVED,
+        MESSAGE_OUTBOUND,
+        MESSAGE_SUBMITTED,
+        MESSAGE_REJECTED,
+        MESSAGE_STATUS,
+        OPTOUT_CHANGED,
+        CONVERSATION_ASSIGNED,
+        CONVERSATION_STATUS,
+        NOTE_ADDED,
+    }
 )
+
+CONVERSATION_STATUSES: Final = frozenset({"open", "pending", "resolved", "snoozed"})
+STATUS_REASONS: Final = frozenset({"agent", "snooze ended", "customer wrote"})
 
 # Control frame types.
 CAUGHT_UP: Final = "caught_up"
@@ -71,7 +96,27 @@ SIGNALS: Final = frozenset({"viewing", "typing", "idle"})
 SEND_SMS: Final = "send_sms"
 """args: conversation_id or to (+ from_number when several numbers), body, media_urls (optional list).
 result data: message_id, message_sid, status, encoding, segments, conversation_id."""
-COMMANDS: Final = frozenset({SEND_SMS})
+ASSIGN: Final = "assign"
+"""args: conversation_id, agent (an agent's name, or null to unassign); both required, nothing else.
+result data: conversation_id, assignee, previous, changed (false: already so, and no event was logged).
+Refusals: bad_args, unknown_conversation, unknown_agent, agent_revoked."""
+CLAIM: Final = "claim"
+"""args: conversation_id. Assigns the conversation to the calling agent; result and refusals as for assign."""
+SET_STATUS: Final = "set_status"
+"""args: conversation_id, status (one of CONVERSATION_STATUSES), until (ISO 8601 UTC, e.g.
+"2026-11-24T17:00:00Z": required for "snoozed", later than now and at most MAX_SNOOZE_DAYS ahead; absent or null
+otherwise). result data: conversation_id, status, snoozed_until, previous, changed.
+Refusals: bad_args, unknown_conversation, until_in_past, until_too_far."""
+ADD_NOTE: Final = "add_note"
+"""args: conversation_id, body (1–MAX_NOTE_CHARS characters, not only whitespace). Internal: never sent to Twilio.
+result data: note_id, conversation_id, at. Refusals: bad_args, empty_body, body_too_long, unknown_conversation."""
+LIST_AGENTS: Final = "list_agents"
+"""args: none ({}). result data: agents [{name, active}], by name; never tokens. Logs no event. Like every
+command, a resent id gets its first answer: ask with a fresh id for the current list."""
+COMMANDS: Final = frozenset({SEND_SMS, ASSIGN, CLAIM, SET_STATUS, ADD_NOTE, LIST_AGENTS})
+
+MAX_NOTE_CHARS: Final = 4000
+MAX_SNOOZE_DAYS: Final = 90
 
 # Close codes.
 CLOSE_UNAUTHORIZED: Final = 4401

@@ -238,6 +238,29 @@ def m001_event_log(db: sqlite_utils.Database) -> None:
     )
 
 
+@migrations()
+def m002_conversation_state(db: sqlite_utils.Database) -> None:
+    """Who a conversation is assigned to and where it stands (bridge/conversations.py); agents' internal notes."""
+    db.execute("ALTER TABLE conversations ADD COLUMN assignee TEXT")  # an agent's name; NULL: unassigned
+    db.execute(
+        "ALTER TABLE conversations ADD COLUMN status TEXT NOT NULL DEFAULT 'open' "
+        "CHECK (status IN ('open', 'pending', 'resolved', 'snoozed'))"
+    )
+    db.execute("ALTER TABLE conversations ADD COLUMN snoozed_until TEXT")  # as utc_now() writes it; only when snoozed
+    db.execute("CREATE INDEX conversations_snoozed ON conversations (snoozed_until) WHERE status = 'snoozed'")
+    db.execute(
+        """CREATE TABLE notes (
+            id TEXT PRIMARY KEY,
+            conversation_id TEXT NOT NULL REFERENCES conversations(id),
+            body TEXT NOT NULL,
+            agent TEXT NOT NULL,
+            command_id TEXT NOT NULL,
+            created_at TEXT NOT NULL
+        )"""
+    )
+    db.execute("CREATE INDEX notes_by_conversation ON notes (conversation_id, created_at)")
+
+
 def _connect(path: Path | str) -> sqlite3.Connection:
     conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30.0)
     conn.row_factory = sqlite3.Row

@@ -44,8 +44,11 @@ class SwitchboardApp(App[None]):
         link_factory: LinkFactory | None = None,
         clock: times.Clock = times.system_clock,
         tz: tzinfo | None = None,
+        steady: bool = False,
     ) -> None:
         super().__init__()
+        self.steady = steady
+        """No blinking cursors: for snapshots and screenshots, which must not depend on when they are taken."""
         self.cache = cache
         self.config = config
         self.clock = clock

@@ -66,7 +66,9 @@ class Picker(ModalScreen[str | None]):
 
     def on_mount(self) -> None:
         self._fill("")
-        self.query_one(Input).focus()
+        field = self.query_one(Input)
+        field.cursor_blink = not getattr(self.app, "steady", False)
+        field.focus()
 
     def _fill(self, query: str) -> None:
         options = self.query_one(OptionList)

@@ -68,7 +68,9 @@ class SearchScreen(ModalScreen[Hit | None]):
             yield OptionList(id="search-results")
 
     def on_mount(self) -> None:
-        self.query_one(Input).focus()
+        field = self.query_one(Input)
+        field.cursor_blink = not getattr(self.app, "steady", False)
+        field.focus()
 
     def on_input_changed(self, event: Input.Changed) -> None:
         self._search(event.value)

@@ -98,6 +98,9 @@ class Composer(Vertical):
             yield Static(" ⊘ OPTED OUT — replies blocked until they text START ", id="composer-badge")
             yield Static(counter_text(""), id="composer-counter")
 
+    def on_mount(self) -> None:
+        self.area.cursor_blink = not getattr(self.app, "steady", False)
+
     @property
     def area(self) -> ReplyArea:
         return self.query_one(ReplyArea)

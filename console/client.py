@@ -1,0 +1,867 @@
+"""The console's link to its bridge: resume the stream from the cache's cursor, apply events, flush the outbox.
+
+No textual import. The app gives it callbacks (or iterates ``statuses()``); every cache call runs on the link's own
+worker thread, so the UI loop never waits on SQLite. Events are applied in batches, one transaction each, so a long
+catch-up costs a few hundred thread hops rather than one per event.
+
+States, as the UI shows them (``LinkStatus.state``)::
+
+    OFFLINE ──start()──► CONNECTING ──handshake──► CATCHING_UP ──caught_up──► CONNECTED
+       ▲                     │                          │                         │
+       └── (never connected) ┴──── failure ─────────────┴─────────────────────────┴──► RECONNECTING ──► CONNECTING
+    terminal (run() returns, no retries): TOKEN_REJECTED (401/403, close 4401), WRONG_BRIDGE (409),
+    BAD_URL (not a bridge URL, or not a bridge there), REFUSED (another 4xx, e.g. 400 on a corrupt cursor)
+
+Commands go to the cache's outbox first (durable), then out on the socket once the stream is caught up, in the order
+they were made and always with the same id; every (re)connection resends whatever is still pending. The bridge runs
+an id at most once and answers a resend with its first answer, so a command is carried out exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import logging
+import random
+import re
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from enum import Enum
+from types import TracebackType
+from typing import Any, Final, NoReturn, TypeVar
+from urllib.parse import SplitResult, urlsplit, urlunsplit
+
+import httpx
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+
+from bridge import protocol
+from console.cache import Cache, GapError
+
+log = logging.getLogger("switchboard.console.link")
+
+T = TypeVar("T")
+
+APPLY_BATCH: Final = 500
+"""Most events applied in one transaction (one thread hop)."""
+BATCH_WINDOW: Final = 0.005
+"""Seconds to wait for more events before applying a batch that is not full."""
+FRAME_QUEUE: Final = 4 * APPLY_BATCH
+"""Frames read ahead of the cache; beyond this the socket is not read, and TCP slows the bridge down."""
+HEALTHY_AFTER: Final = 1.0
+"""Seconds a caught-up connection must last before the backoff starts again from its first, short delay."""
+OPEN_TIMEOUT: Final = 10.0
+HEAD_TIMEOUT: Final = 3.0
+
+RESET_REASON: Final = "Not sent: the cache was reset because it belonged to another bridge. Send it again."
+
+
+class LinkState(Enum):
+    """What the link is doing; ``LinkStatus.detail`` says why, in a sentence."""
+
+    OFFLINE = "offline"
+    """Not connected, and not connected since start(): the cache is readable. ``retry_at`` is set while retrying."""
+    CONNECTING = "connecting"
+    """A connection attempt is under way."""
+    CATCHING_UP = "catching up"
+    """Connected; applying the events missed while away (``applied``, ``cursor``, ``head`` show progress)."""
+    CONNECTED = "connected"
+    """Caught up and live: new events arrive as they happen; commands go out at once."""
+    RECONNECTING = "reconnecting"
+    """The connection was lost after having worked; the next attempt is at ``retry_at``."""
+    TOKEN_REJECTED = "token rejected"
+    """The bridge refused the agent token (HTTP 401/403) or revoked it (close 4401). Terminal: no retries."""
+    WRONG_BRIDGE = "wrong bridge"
+    """The cache's cursor is beyond the bridge's log (HTTP 409): this cache belongs to another bridge. Terminal;
+    ``BridgeLink.reset_cache()`` then ``start()`` loads this bridge's history."""
+    BAD_URL = "bad URL"
+    """The bridge URL is not usable, or what answers there is not a bridge. Terminal."""
+    REFUSED = "refused"
+    """The bridge refused the connection for another reason (``detail`` has its words). Terminal."""
+
+    @property
+    def terminal(self) -> bool:
+        """True when the link has stopped and will not retry by itself."""
+        return self in _TERMINAL
+
+
+_TERMINAL = frozenset({LinkState.TOKEN_REJECTED, LinkState.WRONG_BRIDGE, LinkState.BAD_URL, LinkState.REFUSED})
+
+
+@dataclass(frozen=True, slots=True)
+class LinkStatus:
+    """A snapshot of the link, replaced (never mutated) on every change."""
+
+    state: LinkState
+    detail: str
+    """One sentence a person can act on."""
+    retry_at: float | None = None
+    """When the next attempt starts, on the ``time.monotonic()`` clock (OFFLINE and RECONNECTING only)."""
+    cursor: int | None = None
+    """The last event in the cache (None until read)."""
+    head: int | None = None
+    """The bridge's last event, when known."""
+    applied: int = 0
+    """Events applied since this connection opened (catch-up progress)."""
+    outbox_pending: int = 0
+    """Commands in the outbox not yet answered by the bridge."""
+    ever_connected: bool = False
+    """True once a connection has been caught up since the link was made."""
+
+    @property
+    def terminal(self) -> bool:
+        return self.state.terminal
+
+    @property
+    def live(self) -> bool:
+        """Caught up: what is on screen is what the bridge knows."""
+        return self.state is LinkState.CONNECTED
+
+    def retry_in(self, now: float | None = None) -> float | None:
+        """Seconds until the next attempt (never negative), or None if none is planned."""
+        if self.retry_at is None:
+            return None
+        return max(0.0, self.retry_at - (time.monotonic() if now is None else now))
+
+    @property
+    def progress(self) -> float | None:
+        """Catch-up progress from 0 to 1 when the bridge's head is known, else None."""
+        if self.head is None or self.cursor is None:
+            return None
+        start = self.cursor - self.applied
+        if self.head <= start:
+            return 1.0
+        return min(1.0, max(0.0, (self.cursor - start) / (self.head - start)))
+
+    def describe(self, now: float | None = None) -> str:
+        """The status line: the detail, with the countdown to the next attempt when there is one."""
+        wait = self.retry_in(now)
+        if wait is None:
+            return self.detail
+        return f"{self.detail} Retrying in {wait:.0f} s." if wait >= 1 else f"{self.detail} Retrying now."
+
+
+@dataclass(frozen=True, slots=True)
+class AppliedBatch:
+    """Events just committed to the cache, in seq order; the UI repaints what they touch."""
+
+    events: tuple[protocol.Event, ...]
+    cursor: int
+    """The cache's cursor after this batch."""
+    catching_up: bool
+    """True while replaying missed events (repaint lazily); False for live events."""
+    conversation_ids: frozenset[str]
+    """The conversations these events touch."""
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    """One command in the cache's outbox."""
+
+    command_id: str
+    command: str
+    args: dict[str, Any]
+    conversation_id: str | None
+    created_at: str
+    state: str
+    """pending | done | failed"""
+    error: str | None
+    """The bridge's sentence when the command failed."""
+
+
+def stream_url(bridge_url: str, after: int) -> str:
+    """``http(s)://host[:port][/prefix]`` (or ``ws(s)://``) → ``ws(s)://host[:port][/prefix]/v1/stream?after=N``.
+
+    Raises ValueError with a sentence when the URL cannot be a bridge's.
+    """
+    parts = _bridge_parts(bridge_url)
+    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
+    return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/") + "/v1/stream", f"after={after}", ""))
+
+
+def health_url(bridge_url: str) -> str:
+    parts = _bridge_parts(bridge_url)
+    scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
+    return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/") + "/healthz", "", ""))
+
+
+def _bridge_parts(bridge_url: str) -> SplitResult:
+    text = bridge_url.strip()
+    example = "write it like http://127.0.0.1:8000 or https://bridge.example.com"
+    if not text:
+        raise ValueError(f"No bridge URL is set: {example}.")
+    parts = urlsplit(text)
+    if parts.scheme.lower() not in ("http", "https", "ws", "wss"):
+        raise ValueError(f"{bridge_url!r} is not a bridge URL: {example}.")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"{bridge_url!r} has a port that is not a number from 0 to 65535.") from None
+    if not parts.hostname:
+        raise ValueError(f"{bridge_url!r} names no host: {example}.")
+    if parts.query or parts.fragment:
+        raise ValueError(f"{bridge_url!r} has a query or fragment; a bridge URL has neither ({example}).")
+    del port
+    return parts._replace(scheme=parts.scheme.lower())
+
+
+class Backoff:
+    """Jittered exponential backoff with a short first wait (websockets' own default waits up to 5 s first).
+
+    The n-th delay (from 0) is drawn uniformly from [d/2, d] with d = min(cap, first * 2**n).
+    """
+
+    def __init__(self, first: float = 0.2, cap: float = 15.0, rng: random.Random | None = None) -> None:
+        self.first, self.cap = first, cap
+        self.rng = rng or random.Random()
+        self.attempt = 0
+
+    def next(self) -> float:
+        delay: float = min(self.cap, self.first * 2.0 ** min(self.attempt, 32))
+        self.attempt += 1
+        return delay / 2 + self.rng.random() * delay / 2
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+class _Retry(Exception):
+    """A session ended in a way worth retrying; the message is the status sentence."""
+
+    def __init__(self, detail: str, healthy: bool = False) -> None:
+        super().__init__(detail)
+        self.detail, self.healthy = detail, healthy
+
+
+class _Stop(Exception):
+    """A session ended in a way no retry will fix."""
+
+    def __init__(self, state: LinkState, detail: str, head: int | None = None) -> None:
+        super().__init__(detail)
+        self.state, self.detail, self.head = state, detail, head
+
+
+@dataclass(eq=False)
+class _Session:
+    """One open connection."""
+
+    ws: ClientConnection
+    sent: set[str] = field(default_factory=set)
+    """Command ids sent on this connection: each goes out once per connection."""
+    kick: asyncio.Event = field(default_factory=asyncio.Event)
+    live_since: float | None = None
+    """When the stream caught up (monotonic clock); None while catching up."""
+
+    @property
+    def live(self) -> bool:
+        return self.live_since is not None
+
+
+_CLOSED: Final = object()
+
+
+class BridgeLink:
+    """Keeps one console connected to its bridge while started, and owns the cache's writers on the console side.
+
+    Callbacks run on the event loop that started the link, in the order things happened; an exception in one is
+    logged and does not disturb the link. They may be set after construction (plain attributes).
+    """
+
+    def __init__(
+        self,
+        bridge_url: str,
+        token: str,
+        cache: Cache,
+        *,
+        on_status: Callable[[LinkStatus], None] | None = None,
+        on_batch: Callable[[AppliedBatch], None] | None = None,
+        on_result: Callable[[protocol.Result], None] | None = None,
+        on_signal: Callable[[protocol.Signal], None] | None = None,
+        backoff: Backoff | None = None,
+        apply_batch: int = APPLY_BATCH,
+        fetch_head: bool = True,
+    ) -> None:
+        self.bridge_url = bridge_url
+        """May be changed while stopped; the next start() uses it."""
+        self.token = token
+        """May be changed while stopped (e.g. after TOKEN_REJECTED); the next start() uses it."""
+        self.cache = cache
+        self.on_status = on_status
+        """Called with every new LinkStatus."""
+        self.on_batch = on_batch
+        """Called after each batch of events is committed to the cache."""
+        self.on_result = on_result
+        """Called with each command's result, after the outbox row is settled."""
+        self.on_signal = on_signal
+        """Called with other agents' ephemeral signals (viewing, typing, idle); never cached."""
+        self.backoff = backoff or Backoff()
+        self.apply_batch = max(1, apply_batch)
+        self.fetch_head = fetch_head
+        # One worker thread owns every cache call the link makes: writes are serialised, the loop never waits.
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="switchboard-link")
+        self._status = LinkStatus(LinkState.OFFLINE, "Not connected yet: showing the cache.")
+        self._version = 0
+        self._changed = asyncio.Event()
+        self._task: asyncio.Task[LinkStatus] | None = None
+        self._session: _Session | None = None
+        self._wake = asyncio.Event()
+        self._closed = False
+        self._last_created = ""
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+
+    @property
+    def status(self) -> LinkStatus:
+        return self._status
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def start(self) -> None:
+        """Run the link in the background (no-op if it runs). Needs a running event loop."""
+        if self._closed:
+            raise RuntimeError("this BridgeLink is closed")
+        if not self.running:
+            self._task = asyncio.get_running_loop().create_task(self.run(), name="switchboard bridge link")
+
+    async def stop(self) -> None:
+        """Disconnect and stop retrying. The cache and outbox stay as they are; start() resumes."""
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def aclose(self) -> None:
+        """Stop, and release the worker thread and its cache connection. Status iterators end."""
+        await self.stop()
+        if self._closed:
+            return
+        self._closed = True
+        self._notify()
+        with contextlib.suppress(RuntimeError):
+            await self._db(self.cache.close)  # the worker thread's own connection
+        await asyncio.to_thread(self._worker.shutdown, True)
+
+    async def __aenter__(self) -> BridgeLink:
+        self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    def retry_now(self) -> None:
+        """Cut the current wait short (a "retry now" key). No effect unless waiting to retry."""
+        self._wake.set()
+
+    async def statuses(self) -> AsyncIterator[LinkStatus]:
+        """The current status, then each change; a slow reader skips to the latest. Ends when the link is closed."""
+        seen = -1
+        while True:
+            if self._version != seen:
+                seen = self._version
+                yield self._status
+                continue
+            if self._closed:
+                return
+            await self._changed.wait()
+
+    async def run(self) -> LinkStatus:
+        """Connect, catch up, stay live; reconnect with backoff. Returns the terminal status when one is reached."""
+        try:
+            try:
+                stream_url(self.bridge_url, 0)
+            except ValueError as exc:
+                return self._set(LinkState.BAD_URL, str(exc), retry_at=None)
+            if not self.token or not self.token.isprintable() or any(c.isspace() for c in self.token):
+                detail = "No agent token is set." if not self.token else "The agent token has characters no token has."
+                return self._set(LinkState.TOKEN_REJECTED, f"{detail} Ask your admin for one.", retry_at=None)
+            cursor, pending = await self._db(self._read_counts)
+            self._update(cursor=cursor, outbox_pending=pending)
+            while True:
+                self._set(LinkState.CONNECTING, f"Connecting to {_host(self.bridge_url)}…", retry_at=None)
+                try:
+                    await self._connect_once()
+                except _Stop as stop:
+                    changes: dict[str, Any] = {} if stop.head is None else {"head": stop.head}
+                    return self._set(stop.state, stop.detail, retry_at=None, **changes)
+                except _Retry as exc:
+                    problem, healthy = exc.detail, exc.healthy
+                except Exception as exc:  # a bug here must cost a reconnect, not the console's link
+                    log.exception("bridge link session failed")
+                    problem = f"Unexpected error in the link ({exc.__class__.__name__}: {exc})."
+                if healthy:
+                    self.backoff.reset()
+                delay = self.backoff.next()
+                state = LinkState.RECONNECTING if self._status.ever_connected else LinkState.OFFLINE
+                if state is LinkState.OFFLINE:
+                    problem = f"{problem} Showing the cache."
+                self._set(state, problem, retry_at=time.monotonic() + delay)
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), delay)
+        except asyncio.CancelledError:
+            if not self._closed:
+                self._set(LinkState.OFFLINE, "Disconnected: showing the cache.", retry_at=None, applied=0)
+            raise
+        finally:
+            self._session = None
+
+    # -- one connection --------------------------------------------------------------------------------------
+
+    async def _connect_once(self) -> NoReturn:
+        """Open, catch up and stay live until the connection ends; raises _Retry or _Stop."""
+        cursor = await self._db(self.cache.cursor)
+        self._update(cursor=cursor, applied=0)
+        url = stream_url(self.bridge_url, cursor)
+        host = _host(self.bridge_url)
+        try:
+            ws = await connect(
+                url,
+                additional_headers={"Authorization": f"Bearer {self.token}"},
+                user_agent_header="switchboard-console/0.1",
+                open_timeout=OPEN_TIMEOUT,
+                ping_interval=20,
+                ping_timeout=20,
+                close_timeout=2,
+                max_size=4 * 1024 * 1024,
+                compression=None if os.environ.get("NOCOMP") else "deflate",
+            )
+        except InvalidStatus as exc:
+            raise _refusal(exc, host, cursor) from None
+        except InvalidURI as exc:
+            raise _Stop(LinkState.BAD_URL, f"{self.bridge_url!r} is not a usable bridge URL ({exc}).") from None
+        except InvalidHandshake as exc:
+            raise _Retry(f"{host} did not answer as a Switchboard bridge does ({exc}); check the bridge URL.") from None
+        except socket.gaierror:
+            raise _Retry(f"Cannot find the host {_hostname(self.bridge_url)!r}: check the bridge URL.") from None
+        except ConnectionRefusedError:
+            raise _Retry(f"Nothing is listening at {host}: is the bridge running?") from None
+        except TimeoutError:
+            raise _Retry(f"The bridge at {host} did not answer within {OPEN_TIMEOUT:.0f} s.") from None
+        except OSError as exc:
+            raise _Retry(f"Cannot reach the bridge at {host} ({exc.strerror or exc}).") from None
+        import os
+        if os.environ.get("CHUNK"):
+            ws.transport.max_size = int(os.environ["CHUNK"])  # type: ignore[attr-defined]
+        session = _Session(ws)
+        self._session = session
+        self._set(LinkState.CATCHING_UP, f"Catching up with {host}…", retry_at=None, applied=0)
+        frames: asyncio.Queue[Any] = asyncio.Queue(FRAME_QUEUE)
+        tasks = [asyncio.create_task(self._read(ws, frames), name="link-read")]
+        if self.fetch_head:
+            tasks.append(asyncio.create_task(self._learn_head(), name="link-head"))
+        try:
+            try:
+                await self._consume(session, frames, tasks)
+            finally:
+                self._session = None
+                for task in tasks:
+                    task.cancel()
+                for task in tasks:
+                    with contextlib.suppress(BaseException):
+                        await task
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(ws.close())
+        except _Retry as exc:
+            since = session.live_since
+            raise _Retry(exc.detail, since is not None and time.monotonic() - since >= HEALTHY_AFTER) from None
+
+    async def _read(self, ws: ClientConnection, frames: asyncio.Queue[Any]) -> None:
+        """Socket → queue, parsed. The end of the connection is queued too, after every frame before it."""
+        count = 0
+        try:
+            while True:
+                raw = await ws.recv()
+                await frames.put(protocol.parse_server_frame(raw))
+                count += 1
+                if count % 256 == 0:
+                    await asyncio.sleep(0)  # a long burst from the buffer must not starve the UI
+        except Exception as exc:
+            await frames.put((_CLOSED, exc))
+
+    async def _consume(
+        self, session: _Session, frames: asyncio.Queue[Any], tasks: list[asyncio.Task[None]]
+    ) -> NoReturn:
+        """Apply frames in order until the connection ends; raises _Retry or _Stop."""
+        held: Any = None
+        while True:
+            if held is not None:
+                frame, held = held, None
+            else:
+                frame = await frames.get()
+            if isinstance(frame, protocol.Event):
+                batch = [frame]
+                while len(batch) < self.apply_batch:
+                    try:
+                        nxt = frames.get_nowait()
+                    except asyncio.QueueEmpty:
+                        try:
+                            nxt = await asyncio.wait_for(frames.get(), BATCH_WINDOW)
+                        except TimeoutError:
+                            break
+                    if isinstance(nxt, protocol.Event):
+                        batch.append(nxt)
+                    else:
+                        held = nxt
+                        break
+                await self._apply(batch, session)
+            elif isinstance(frame, protocol.Result):
+                await self._settle(frame)
+            elif isinstance(frame, protocol.Signal):
+                self._call(self.on_signal, frame)
+            elif isinstance(frame, tuple) and frame and frame[0] is _CLOSED:
+                self._ended(frame[1])
+            elif isinstance(frame, dict) and frame.get("type") == protocol.CAUGHT_UP:
+                session.live_since = time.monotonic()
+                cursor = self._status.cursor or 0
+                head = max(cursor, self._status.head or 0)
+                self._set(LinkState.CONNECTED, "Connected: live.", retry_at=None, head=head, ever_connected=True)
+                tasks.append(asyncio.create_task(self._send_pending(session), name="link-outbox"))
+                session.kick.set()
+            elif isinstance(frame, dict) and frame.get("type") == protocol.ERROR:
+                log.warning("the bridge could not read a frame: %s %s", frame.get("code"), frame.get("message"))
+            else:
+                log.info("ignoring a frame of type %r", frame.get("type") if isinstance(frame, dict) else frame)
+
+    def _ended(self, exc: BaseException) -> NoReturn:
+        """Turn the end of the connection into a retry or a stop."""
+        cursor = self._status.cursor or 0
+        if isinstance(exc, protocol.ProtocolError):
+            raise _Retry(f"The bridge sent a frame this console cannot read ({exc}); resuming from #{cursor}.")
+        if not isinstance(exc, ConnectionClosed):
+            raise _Retry(f"Lost the connection to the bridge ({exc.__class__.__name__}: {exc}).")
+        rcvd = exc.rcvd
+        if rcvd is not None and rcvd.code == protocol.CLOSE_UNAUTHORIZED:
+            raise _Stop(
+                LinkState.TOKEN_REJECTED,
+                "The bridge revoked this agent token: ask your admin for a new one "
+                "(switchboard-bridge agents add NAME), then reconnect.",
+            )
+        if rcvd is not None and rcvd.code == protocol.CLOSE_OVERFLOW:
+            raise _Retry(f"This console fell behind the bridge; resuming from #{cursor}.")
+        if rcvd is not None and rcvd.code in (protocol.CLOSE_SHUTDOWN, 1012):
+            raise _Retry("The bridge is restarting or shutting down.")
+        if rcvd is None:
+            raise _Retry("Lost the connection to the bridge.")
+        reason = f": {rcvd.reason}" if rcvd.reason else ""
+        raise _Retry(f"The bridge closed the connection (code {rcvd.code}{reason}).")
+
+    async def _apply(self, batch: list[protocol.Event], session: _Session) -> None:
+        try:
+            applied, cursor = await self._db(self._apply_sync, batch)
+        except GapError as exc:
+            cursor = await self._db(self.cache.cursor)
+            raise _Retry(f"The stream skipped events ({exc}); resuming from #{cursor}.") from None
+        except Exception as exc:  # an event this cache cannot store: never skip it, try again later
+            log.exception("could not apply events %d–%d", batch[0].seq, batch[-1].seq)
+            raise _Retry(
+                f"Could not store events #{batch[0].seq}–#{batch[-1].seq} in the cache "
+                f"({exc.__class__.__name__}: {exc}); will try again."
+            ) from None
+        if not applied:
+            return
+        status = self._status
+        head = max(cursor, status.head or 0) if session.live or status.head is not None else None
+        self._update(cursor=cursor, head=head, applied=status.applied + len(applied))
+        conversations = frozenset(str(e.data["conversation_id"]) for e in applied if e.data.get("conversation_id"))
+        self._call(self.on_batch, AppliedBatch(tuple(applied), cursor, not session.live, conversations))
+
+    def _apply_sync(self, batch: Sequence[protocol.Event]) -> tuple[list[protocol.Event], int]:
+        applied = self.cache.apply(batch)
+        return applied, self.cache.cursor()
+
+    async def _learn_head(self) -> None:
+        """The bridge's last event, from /healthz, so catch-up can show progress. Optional: failures are ignored."""
+        try:
+            head = await asyncio.to_thread(_fetch_head, health_url(self.bridge_url))
+        except Exception:
+            return
+        if head is not None and self._status.state in (LinkState.CATCHING_UP, LinkState.CONNECTED):
+            self._update(head=max(head, self._status.head or 0, self._status.cursor or 0))
+
+    # -- commands and the outbox -----------------------------------------------------------------------------
+
+    async def command(self, name: str, args: dict[str, Any], conversation_id: str | None = None) -> str:
+        """Put a command in the outbox (it survives restarts) and send it as soon as the stream is live.
+
+        Returns its id. The result arrives later through ``on_result`` and settles the outbox row. Raises
+        ValueError for a command that cannot be sent (not JSON, not text, too large).
+        """
+        if self._closed:
+            raise RuntimeError("this BridgeLink is closed")
+        if not isinstance(name, str) or not name:
+            raise ValueError("a command needs a name")
+        if not isinstance(args, dict) or not protocol.is_text(args):
+            raise ValueError("a command's args must be a JSON object of text (no lone surrogates)")
+        command_id = f"c-{uuid.uuid4().hex}"
+        try:
+            frame = protocol.encode(protocol.Command(command_id, name, args).to_frame())
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"a command's args must be JSON: {exc}") from None
+        if len(frame.encode("utf-8")) > protocol.MAX_FRAME_BYTES:
+            raise ValueError(f"the command is larger than the {protocol.MAX_FRAME_BYTES} bytes a frame may carry")
+        created_at = self._next_created_at()
+        pending = await self._db(self._enqueue_sync, command_id, name, args, conversation_id, created_at)
+        self._update(outbox_pending=pending)
+        session = self._session
+        if session is not None and session.live:
+            session.kick.set()
+        return command_id
+
+    def _next_created_at(self) -> str:
+        """Strictly increasing within this process, so the outbox's order is the order commands were made."""
+        now = datetime.now(UTC)
+        text = now.isoformat(timespec="microseconds")
+        if text <= self._last_created:
+            last = datetime.fromisoformat(self._last_created)
+            text = (last + timedelta(microseconds=1)).isoformat(timespec="microseconds")
+        self._last_created = text
+        return text
+
+    def _enqueue_sync(
+        self, command_id: str, name: str, args: dict[str, Any], conversation_id: str | None, created_at: str
+    ) -> int:
+        with self.cache._write_lock:
+            conn = self.cache.conn()
+            conn.execute(
+                "INSERT INTO outbox (command_id, command, args, conversation_id, created_at) VALUES (?, ?, ?, ?, ?)",
+                (command_id, name, json.dumps(args, ensure_ascii=False), conversation_id, created_at),
+            )
+        return _pending_count(self.cache)
+
+    async def _send_pending(self, session: _Session) -> None:
+        """Send pending commands in creation order, each once per connection, whenever kicked."""
+        try:
+            while True:
+                await session.kick.wait()
+                session.kick.clear()
+                for entry in await self._db(read_outbox, self.cache, None, ("pending",)):
+                    if entry.command_id in session.sent:
+                        continue
+                    session.sent.add(entry.command_id)
+                    cmd = protocol.Command(entry.command_id, entry.command, entry.args)
+                    await session.ws.send(protocol.encode(cmd.to_frame()))
+        except ConnectionClosed:
+            return  # the reader reports the end; what is still pending goes out on the next connection
+        except Exception:
+            log.exception("could not send the outbox; it goes out on the next connection")
+
+    async def _settle(self, result: protocol.Result) -> None:
+        pending = await self._db(self._settle_sync, result)
+        self._update(outbox_pending=pending)
+        self._call(self.on_result, result)
+
+    def _settle_sync(self, result: protocol.Result) -> int:
+        error = None
+        if not result.ok:
+            error = result.error_message or f"The bridge refused the command ({result.error_code or 'no reason'})."
+        with self.cache._write_lock:
+            self.cache.conn().execute(
+                "UPDATE outbox SET state = ?, error = ? WHERE command_id = ? AND state = 'pending'",
+                ("done" if result.ok else "failed", error, result.id),
+            )
+        return _pending_count(self.cache)
+
+    # -- signals ---------------------------------------------------------------------------------------------
+
+    async def signal(self, conversation_id: str, signal: str) -> bool:
+        """Tell the other consoles this agent is viewing/typing/idle in a conversation. Ephemeral: when not
+        connected it is dropped (returns False), never queued. Raises ValueError for an unknown signal."""
+        if signal not in protocol.SIGNALS:
+            raise ValueError(f"signal must be one of {', '.join(sorted(protocol.SIGNALS))}, not {signal!r}")
+        if not conversation_id:
+            raise ValueError("a signal needs a conversation_id")
+        session = self._session
+        if session is None or not session.live:
+            return False
+        try:
+            await session.ws.send(protocol.encode(protocol.Signal(conversation_id, signal).to_frame()))
+        except ConnectionClosed:
+            return False
+        return True
+
+    # -- the cache -------------------------------------------------------------------------------------------
+
+    async def reset_cache(self) -> None:
+        """Forget every cached event and the cursor (after WRONG_BRIDGE), so start() loads this bridge's history.
+
+        Stops the link first. Commands still pending are marked failed (they were meant for the other bridge);
+        answered ones are dropped.
+        """
+        await self.stop()
+        await self._db(_reset_cache_sync, self.cache)
+        cursor, pending = await self._db(self._read_counts)
+        self._set(
+            LinkState.OFFLINE,
+            "The cache was reset: connect to load this bridge's history.",
+            retry_at=None,
+            cursor=cursor,
+            head=None,
+            applied=0,
+            outbox_pending=pending,
+        )
+
+    def _read_counts(self) -> tuple[int, int]:
+        return self.cache.cursor(), _pending_count(self.cache)
+
+    async def _db(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._worker, fn, *args)
+
+    # -- status ----------------------------------------------------------------------------------------------
+
+    def _set(self, state: LinkState, detail: str, *, retry_at: float | None, **changes: Any) -> LinkStatus:
+        status = replace(self._status, state=state, detail=detail, retry_at=retry_at, **changes)
+        self._publish(status)
+        return status
+
+    def _update(self, **changes: Any) -> None:
+        status = replace(self._status, **changes)
+        if status != self._status:
+            self._publish(status)
+
+    def _publish(self, status: LinkStatus) -> None:
+        self._status = status
+        self._call(self.on_status, status)
+        self._notify()
+
+    def _notify(self) -> None:
+        self._version += 1
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    def _call(self, callback: Callable[[Any], None] | None, value: Any) -> None:
+        if callback is None:
+            return
+        try:
+            callback(value)
+        except Exception:
+            log.exception("a bridge link callback failed")
+
+
+# -- the outbox and the cache, for the UI's thread workers ------------------------------------------------------
+
+
+def read_outbox(
+    cache: Cache, conversation_id: str | None = None, states: Sequence[str] = ("pending", "failed")
+) -> list[OutboxEntry]:
+    """Outbox commands in the order they were made (blocking: call it from a thread worker)."""
+    sql = "SELECT command_id, command, args, conversation_id, created_at, state, error FROM outbox"
+    where, params = [], []
+    if states:
+        where.append(f"state IN ({','.join('?' * len(states))})")
+        params += list(states)
+    if conversation_id is not None:
+        where.append("conversation_id = ?")
+        params.append(conversation_id)
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY created_at, command_id"
+    rows = cache.conn().execute(sql, params).fetchall()
+    return [OutboxEntry(r[0], r[1], json.loads(r[2]), r[3], r[4], r[5], r[6]) for r in rows]
+
+
+def _pending_count(cache: Cache) -> int:
+    return int(cache.conn().execute("SELECT count(*) FROM outbox WHERE state = 'pending'").fetchone()[0])
+
+
+def _reset_cache_sync(cache: Cache) -> None:
+    """Empty every table of cached events (whatever tables the cache has), keep the outbox and the migrations."""
+    with cache._write_lock:
+        conn = cache.conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            rows = conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table'").fetchall()
+            virtual = [str(r[0]) for r in rows if str(r[1] or "").upper().startswith("CREATE VIRTUAL TABLE")]
+            for row in rows:
+                name = str(row[0])
+                if (
+                    name in virtual
+                    or name in ("outbox", "meta")
+                    or name.startswith(("sqlite_", "_sqlite_migrations"))
+                    or any(name.startswith(f"{v}_") for v in virtual)  # a virtual table's own storage
+                ):
+                    continue
+                conn.execute(f'DELETE FROM "{name}"')
+            for name in virtual:  # triggers have emptied them; this covers indexes without triggers
+                with contextlib.suppress(Exception):
+                    conn.execute(f'INSERT INTO "{name}" ("{name}") VALUES (\'delete-all\')')
+            conn.execute("DELETE FROM meta WHERE key = 'cursor'")
+            conn.execute("DELETE FROM outbox WHERE state = 'done'")
+            conn.execute("UPDATE outbox SET state = 'failed', error = ? WHERE state = 'pending'", (RESET_REASON,))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+
+# -- helpers ------------------------------------------------------------------------------------------------
+
+
+def _fetch_head(url: str) -> int | None:
+    response = httpx.get(url, timeout=HEAD_TIMEOUT)
+    if response.status_code != 200:
+        return None
+    head = response.json().get("head")
+    return head if isinstance(head, int) and not isinstance(head, bool) else None
+
+
+def _host(bridge_url: str) -> str:
+    try:
+        return _bridge_parts(bridge_url).netloc
+    except ValueError:
+        return bridge_url
+
+
+def _hostname(bridge_url: str) -> str:
+    try:
+        return _bridge_parts(bridge_url).hostname or bridge_url
+    except ValueError:
+        return bridge_url
+
+
+_HEAD_IN_REASON = re.compile(r"last event is #(\d+)")
+
+
+def _refusal(exc: InvalidStatus, host: str, cursor: int) -> Exception:
+    """What an HTTP answer instead of the upgrade means for this console."""
+    status = exc.response.status_code
+    body = exc.response.body or b""
+    reason = body.decode("utf-8", "replace").strip().splitlines()[0][:300] if body.strip() else ""
+    said = f" (the bridge said: {reason})" if reason else ""
+    if status in (401, 403):
+        return _Stop(
+            LinkState.TOKEN_REJECTED,
+            f"The bridge refused this agent token: it is wrong or was revoked{said}. Ask your admin for a new one.",
+        )
+    if status == 409:
+        found = _HEAD_IN_REASON.search(reason)
+        head = int(found.group(1)) if found else None
+        theirs = f" (this bridge's log ends at #{head})" if head is not None else ""
+        return _Stop(
+            LinkState.WRONG_BRIDGE,
+            f"This cache belongs to another bridge: it holds events up to #{cursor}{theirs}. "
+            "Reset the cache to load this bridge's history.",
+            head=head,
+        )
+    if status in (408, 425, 429) or status >= 500:
+        return _Retry(f"The bridge at {host} answered HTTP {status}: it is starting or busy.")
+    if status == 400:
+        return _Stop(LinkState.REFUSED, f"The bridge refused this console's request{said or f' (HTTP {status})'}.")
+    if status in (200, 404, 405, 426) or 300 <= status < 400:
+        return _Stop(
+            LinkState.BAD_URL,
+            f"{host} answered HTTP {status} instead of opening the stream: "
+            "it does not look like a Switchboard bridge. Check the bridge URL.",
+        )
+    return _Stop(LinkState.REFUSED, f"The bridge refused the connection with HTTP {status}{said}.")

@@ -1,0 +1,67 @@
+"""Apps in fixed states for snapshots and screenshots: the demo's seeded morning, a frozen clock, no blinking."""
+
+from __future__ import annotations
+
+import tempfile
+from datetime import UTC
+from pathlib import Path
+
+from textual.pilot import Pilot
+
+from console.app import SwitchboardApp
+from console.cache import Cache
+from console.config import ConsoleConfig
+from tests.console_support import demo_events, fill, frozen_clock
+
+
+def demo_app(config: ConsoleConfig | None = None) -> SwitchboardApp:
+    """The console over the demo's seeded history, offline (a snapshot must not depend on a network)."""
+    directory = Path(tempfile.mkdtemp(prefix="switchboard-snap-"))
+    cache = Cache(directory / "cache.db")
+    fill(cache, demo_events())
+    cache.set_meta("agent", "you")
+    return SwitchboardApp(cache, config or ConsoleConfig(), clock=frozen_clock, tz=UTC, steady=True)
+
+
+async def settle(pilot: Pilot) -> None:
+    for _ in range(4):
+        await pilot.pause(0.05)
+        await pilot.app.workers.wait_for_complete()
+    await pilot.pause(0.1)
+
+
+async def open_failed_thread(pilot: Pilot) -> None:
+    """The thread with an undelivered reply (Twilio's 30003), read from the inbox."""
+    await settle(pilot)
+    app = pilot.app
+    assert isinstance(app, SwitchboardApp)
+    failed = next(row for row in app.cache.conversations(100) if row.failed)
+    app.main.inbox.select(failed.id)
+    await settle(pilot)
+    await pilot.press("enter")
+    await settle(pilot)
+
+
+async def composing(pilot: Pilot) -> None:
+    await open_failed_thread(pilot)
+    app = pilot.app
+    assert isinstance(app, SwitchboardApp)
+    await pilot.press(*"So sorry!")
+    app.main.composer.set_text("So sorry! We'll resend it today 🙏 — could you confirm the address?")
+    await settle(pilot)
+
+
+async def searching(pilot: Pilot) -> None:
+    await settle(pilot)
+    await pilot.press("slash", *"order")
+    await settle(pilot)
+
+
+async def helping(pilot: Pilot) -> None:
+    await settle(pilot)
+    await pilot.press("f1")
+    await settle(pilot)
+
+
+async def inbox_only(pilot: Pilot) -> None:
+    await settle(pilot)

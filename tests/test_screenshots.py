@@ -1,0 +1,31 @@
+"""`uv run pytest -m screenshots` regenerates screenshots/*.svg (the README shows them)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from textual._doc import take_svg_screenshot
+from textual.pilot import Pilot
+
+from tests import snapshot_apps
+
+SCREENSHOTS = Path(__file__).resolve().parent.parent / "screenshots"
+
+SHOTS: dict[str, Callable[[Pilot], Awaitable[None]]] = {
+    "inbox": snapshot_apps.inbox_only,
+    "thread": snapshot_apps.open_failed_thread,
+    "composer": snapshot_apps.composing,
+    "search": snapshot_apps.searching,
+    "help": snapshot_apps.helping,
+}
+
+
+@pytest.mark.screenshots
+@pytest.mark.parametrize("name", sorted(SHOTS))
+def test_screenshot(name: str) -> None:
+    svg = take_svg_screenshot(app=snapshot_apps.demo_app(), terminal_size=(120, 36), run_before=SHOTS[name])
+    SCREENSHOTS.mkdir(exist_ok=True)
+    (SCREENSHOTS / f"{name}.svg").write_text(svg, encoding="utf-8")
+    assert "Switchboard" in svg
