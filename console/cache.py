@@ -101,11 +101,6 @@ def m002_team_state(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX messages_by_conversation_at ON messages (conversation_id, at)")
 
 
-# Event types from the conversation-actions commands (see bridge/protocol.py).
-CONVERSATION_ASSIGNED = "conversation.assigned"
-CONVERSATION_STATUS = "conversation.status"
-NOTE_ADDED = "note.added"
-
 STATUSES = ("open", "pending", "resolved", "snoozed", "all")
 OWNERS = ("mine", "unassigned", "all")
 
@@ -528,16 +523,16 @@ def _apply_one(conn: sqlite3.Connection, event: protocol.Event) -> None:
         conn.execute(
             "UPDATE conversations SET opted_out = ? WHERE id = ?", (int(bool(d["opted_out"])), d["conversation_id"])
         )
-    elif kind == CONVERSATION_ASSIGNED:
+    elif kind == protocol.CONVERSATION_ASSIGNED:
         conn.execute("UPDATE conversations SET assignee = ? WHERE id = ?", (d.get("assignee"), d["conversation_id"]))
-    elif kind == CONVERSATION_STATUS:
+    elif kind == protocol.CONVERSATION_STATUS:
         status = d["status"]
         conn.execute(
             "UPDATE conversations SET status = ?, snoozed_until = ?, "
             "waiting_since = CASE WHEN ? = 'resolved' THEN NULL ELSE waiting_since END WHERE id = ?",
             (status, d.get("snoozed_until") if status == "snoozed" else None, status, d["conversation_id"]),
         )
-    elif kind == NOTE_ADDED:
+    elif kind == protocol.NOTE_ADDED:
         conn.execute(
             "INSERT INTO messages (id, conversation_id, direction, body, status, agent, at, seq) "
             "VALUES (?, ?, 'note', ?, NULL, ?, ?, ?) ON CONFLICT(id) DO NOTHING",

@@ -97,3 +97,47 @@ def test_keyset_paging_of_the_inbox(tmp_path: Path) -> None:
     first = cache.conversations(limit=2)
     rest = cache.conversations(limit=10, before=(first[-1].last_at, first[-1].id))
     assert [c.last_preview for c in first + rest] == ["4", "3", "2", "1", "0"]
+
+
+def team_event(seq: int, kind: str, **data: object) -> protocol.Event:
+    return protocol.Event(seq, kind, f"2026-11-24T06:00:{seq % 60:02d}.000Z", {"conversation_id": CID, **data})
+
+
+def test_assignment_status_and_notes_shape_the_inbox(tmp_path: Path) -> None:
+    from console.cache import InboxFilter
+
+    cache = Cache(tmp_path / "c.db")
+    cache.apply([received(1, "hello")])
+    assert cache.next_needing_attention("ana") is not None
+    cache.apply(
+        [
+            team_event(2, protocol.CONVERSATION_ASSIGNED, assignee="ben", previous=None, by="ben"),
+            team_event(3, protocol.NOTE_ADDED, note_id="NT" + "1" * 32, body="VIP, be quick", agent="ben", at="x"),
+        ]
+    )
+    assert cache.inbox_count(InboxFilter("open", "mine", "ben")) == 1
+    assert cache.inbox_count(InboxFilter("open", "mine", "ana")) == 0
+    assert cache.inbox_count(InboxFilter("all", "unassigned")) == 0
+    assert cache.next_needing_attention("ana") is None  # claimed by someone else
+    assert [m.direction for m in cache.messages(CID)] == ["inbound", "note"]
+    assert cache.search("VIP")[0].direction == "note"
+    until = "2026-11-25T09:00:00.000Z"
+    cache.apply(
+        [team_event(4, protocol.CONVERSATION_STATUS, status="snoozed", snoozed_until=until, previous="open", by="ben")]
+    )
+    row = cache.conversation(CID)
+    assert row is not None and (row.status, row.snoozed_until) == ("snoozed", until)
+    assert cache.inbox_count(InboxFilter("open")) == 0 and cache.inbox_count(InboxFilter("snoozed")) == 1
+    cache.apply([team_event(5, protocol.CONVERSATION_STATUS, status="resolved", snoozed_until=None, by="ben")])
+    row = cache.conversation(CID)
+    assert row is not None and row.status == "resolved" and row.waiting_since is None and row.snoozed_until is None
+
+
+def test_read_and_unread_are_local(tmp_path: Path) -> None:
+    cache = Cache(tmp_path / "c.db")
+    cache.apply([received(1, "one"), received(2, "two")])
+    assert cache.unread_total() == 2
+    cache.mark_read(CID)
+    assert cache.unread_total() == 0
+    cache.mark_unread(CID)
+    assert cache.unread_total() == 1
