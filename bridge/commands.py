@@ -205,15 +205,27 @@ class CommandRunner:
             "encoding": draft.encoding,
             "segments": draft.segments,
         }
+
+        def known_sids(conn: sqlite3.Connection) -> set[str]:
+            # Texts to this customer already matched to a send: a lookup must never take one of them for this one.
+            rows = conn.execute(
+                "SELECT m.sid FROM messages m JOIN conversations v ON v.id = m.conversation_id "
+                "WHERE v.customer_number = ? AND m.direction = 'outbound' AND m.sid IS NOT NULL",
+                (conv.customer_number,),
+            ).fetchall()
+            return {str(row[0]) for row in rows}
+
         try:
             resource = None
+            known = await self.store.read(known_sids)
             if since is not None:  # an earlier attempt may have reached Twilio before a crash: look first
-                resource = await self.twilio.find_sent(outgoing, since=since - CLOCK_SKEW)
+                resource = await self.twilio.find_sent(outgoing, since=since - CLOCK_SKEW, exclude=known)
             if resource is None:
-                resource = await self.twilio.create_message(outgoing)
+                resource = await self.twilio.create_message(outgoing, exclude=known)
         except TwilioError as exc:
             code, said, hint = exc.code, exc.message, hint_for(exc.code)
-            message = f"Twilio refused the message: {said} (error {code}). {hint}"
+            # Twilio's own message usually ends with a full stop: one sentence, not "number. (error 21211)."
+            message = f"Twilio refused the message: {said.rstrip('. ')} (error {code}). {hint}"
             result = protocol.Result.failure(
                 command_id, "twilio_error", message, {**base, "twilio_code": code, "status": "failed"}
             )
@@ -249,7 +261,20 @@ class CommandRunner:
                 "WHERE c.state = 'running' ORDER BY c.created_at"
             ).fetchall()
 
+        async def resume(
+            before: asyncio.Task[protocol.Result] | None,
+            agent: str,
+            command_id: str,
+            message_id: str,
+            draft: OutboundDraft,
+            since: datetime,
+        ) -> protocol.Result:
+            if before is not None:  # one customer's sends one at a time: a lookup must see what the last one matched
+                await asyncio.wait([before])
+            return await self._deliver(agent, command_id, message_id, draft, since=since)
+
         rows = await self.store.read(unfinished)
+        last_for: dict[str, asyncio.Task[protocol.Result]] = {}
         for row in rows:
             agent, command_id, created_at, message_id, cid, body, media, encoding, segments, ours, customer = row
             draft = OutboundDraft(
@@ -264,9 +289,10 @@ class CommandRunner:
             log.info("resuming interrupted send %s for %s", command_id, agent)
             key = (agent, command_id)
             task = asyncio.create_task(
-                self._deliver(agent, command_id, message_id, draft, since=_parse_ts(created_at)),
+                resume(last_for.get(customer), agent, command_id, message_id, draft, _parse_ts(created_at)),
                 name=f"resume {command_id}",
             )
+            last_for[customer] = task
             self._running[key] = task
             task.add_done_callback(lambda _t, key=key: self._running.pop(key, None))  # type: ignore[misc]
         return len(rows)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -89,12 +89,13 @@ class TwilioRest:
         message = str(payload.get("message") or describe_error(code) or response.reason_phrase)
         raise TwilioError(response.status_code, code, message, payload.get("more_info"))
 
-    async def create_message(self, msg: OutgoingMessage) -> dict[str, Any]:
+    async def create_message(self, msg: OutgoingMessage, exclude: Collection[str] = ()) -> dict[str, Any]:
         """POST Messages.json; returns Twilio's message resource.
 
         Retries connection errors, 429 and 5xx with jittered exponential backoff. When a failure leaves it
         unclear whether Twilio created the message (a timeout after sending, a 5xx), it looks the message up
-        before sending again, so a customer never gets the same reply twice.
+        before sending again, so a customer never gets the same reply twice. ``exclude``: SIDs of messages known
+        to be other sends (see ``find_sent``).
         """
         form: list[tuple[str, str]] = [("To", msg.to), ("Body", msg.body)]
         if msg.messaging_service_sid:
@@ -108,7 +109,8 @@ class TwilioRest:
         last_problem = "no attempt made"
         for attempt in range(self.settings.rest_retries + 1):
             if attempt:
-                found = await self.find_sent(msg, since=started) if last_problem.startswith("maybe") else None
+                maybe = last_problem.startswith("maybe")
+                found = await self.find_sent(msg, since=started, exclude=exclude) if maybe else None
                 if found is not None:
                     return found
             try:
@@ -134,17 +136,21 @@ class TwilioRest:
                 continue
             self._raise_for_twilio(response)
         if last_problem.startswith("maybe"):
-            found = await self.find_sent(msg, since=started)
+            found = await self.find_sent(msg, since=started, exclude=exclude)
             if found is not None:
                 return found
         raise TwilioUnavailable(
             f"Twilio did not accept the message after {self.settings.rest_retries + 1} tries ({last_problem})"
         )
 
-    async def find_sent(self, msg: OutgoingMessage, since: datetime) -> dict[str, Any] | None:
+    async def find_sent(
+        self, msg: OutgoingMessage, since: datetime, exclude: Collection[str] = ()
+    ) -> dict[str, Any] | None:
         """The newest message Twilio holds to ``msg.to`` from our number with ``msg.body``, created since ``since``.
 
         Used to reconcile a send whose outcome is unknown (a crash or a timeout after the request left).
+        ``exclude`` holds the SIDs of messages already known to be other sends: an agent who sends the same words
+        twice in a row must not have the second taken for the first (and never sent).
         """
         params: dict[str, str] = {"To": msg.to, "PageSize": "50"}
         if msg.from_number and not msg.messaging_service_sid:
@@ -158,6 +164,8 @@ class TwilioRest:
         payload = response.json()
         for item in payload.get("messages", []):
             if item.get("body") != msg.body or not str(item.get("direction", "")).startswith("outbound"):
+                continue
+            if item.get("sid") in exclude:
                 continue
             try:
                 created = parsedate_to_datetime(str(item.get("date_created")))
