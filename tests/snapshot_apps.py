@@ -5,6 +5,7 @@ from __future__ import annotations
 import tempfile
 from datetime import UTC
 from pathlib import Path
+from typing import Any
 
 from textual.pilot import Pilot
 
@@ -23,14 +24,14 @@ def demo_app(config: ConsoleConfig | None = None) -> SwitchboardApp:
     return SwitchboardApp(cache, config or ConsoleConfig(), clock=frozen_clock, tz=UTC, steady=True)
 
 
-async def settle(pilot: Pilot) -> None:
+async def settle(pilot: Pilot[Any]) -> None:
     for _ in range(4):
         await pilot.pause(0.05)
         await pilot.app.workers.wait_for_complete()
     await pilot.pause(0.1)
 
 
-async def open_failed_thread(pilot: Pilot) -> None:
+async def open_failed_thread(pilot: Pilot[Any]) -> None:
     """The thread with an undelivered reply (Twilio's 30003), read from the inbox."""
     await settle(pilot)
     app = pilot.app
@@ -42,7 +43,7 @@ async def open_failed_thread(pilot: Pilot) -> None:
     await settle(pilot)
 
 
-async def composing(pilot: Pilot) -> None:
+async def composing(pilot: Pilot[Any]) -> None:
     await open_failed_thread(pilot)
     app = pilot.app
     assert isinstance(app, SwitchboardApp)
@@ -51,17 +52,17 @@ async def composing(pilot: Pilot) -> None:
     await settle(pilot)
 
 
-async def searching(pilot: Pilot) -> None:
+async def searching(pilot: Pilot[Any]) -> None:
     await settle(pilot)
     await pilot.press("slash", *"order")
     await settle(pilot)
 
 
-async def helping(pilot: Pilot) -> None:
+async def helping(pilot: Pilot[Any]) -> None:
     await settle(pilot)
     await pilot.press("f1")
     await settle(pilot)
 
 
-async def inbox_only(pilot: Pilot) -> None:
+async def inbox_only(pilot: Pilot[Any]) -> None:
     await settle(pilot)

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from textual.pilot import Pilot
@@ -36,14 +37,16 @@ def cache(tmp_path: Path) -> Cache:
 
 
 @asynccontextmanager
-async def running(cache: Cache, config: ConsoleConfig | None = None) -> AsyncIterator[tuple[SwitchboardApp, Pilot]]:
+async def running(
+    cache: Cache, config: ConsoleConfig | None = None
+) -> AsyncIterator[tuple[SwitchboardApp, Pilot[Any]]]:
     app = SwitchboardApp(cache, config or ConsoleConfig(), clock=frozen_clock, tz=UTC)
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         yield app, pilot
 
 
-async def settle(pilot: Pilot) -> None:
+async def settle(pilot: Pilot[Any]) -> None:
     """Let thread workers answer and their messages repaint (bounded: every query here takes milliseconds)."""
     for _ in range(5):
         await pilot.pause(0.05)

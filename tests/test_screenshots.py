@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from textual._doc import take_svg_screenshot
@@ -13,7 +14,7 @@ from tests import snapshot_apps
 
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "screenshots"
 
-SHOTS: dict[str, Callable[[Pilot], Awaitable[None]]] = {
+SHOTS: dict[str, Callable[[Pilot[Any]], Awaitable[None]]] = {
     "inbox": snapshot_apps.inbox_only,
     "thread": snapshot_apps.open_failed_thread,
     "composer": snapshot_apps.composing,
