@@ -7,8 +7,9 @@ catch-up costs a few hundred thread hops rather than one per event.
 States, as the UI shows them (``LinkStatus.state``)::
 
     OFFLINE ──start()──► CONNECTING ──handshake──► CATCHING_UP ──caught_up──► CONNECTED
-       ▲                     │                          │                         │
-       └── (never connected) ┴──── failure ─────────────┴─────────────────────────┴──► RECONNECTING ──► CONNECTING
+                             │ failure                  │ failure                 │ failure
+                             ▼                          ▼                         ▼
+          OFFLINE (never caught up yet) or RECONNECTING, with retry_at ──backoff──► CONNECTING
     terminal (run() returns, no retries): TOKEN_REJECTED (401/403, close 4401), WRONG_BRIDGE (409),
     BAD_URL (not a bridge URL, or not a bridge there), REFUSED (another 4xx, e.g. 400 on a corrupt cursor)
 
@@ -22,14 +23,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import logging
 import random
 import re
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -55,9 +55,13 @@ BATCH_WINDOW: Final = 0.005
 """Seconds to wait for more events before applying a batch that is not full."""
 FRAME_QUEUE: Final = 4 * APPLY_BATCH
 """Frames read ahead of the cache; beyond this the socket is not read, and TCP slows the bridge down."""
+READ_CHUNK: Final = 16 * 1024
+"""Bytes read from the socket per loop callback (see _limit_reads)."""
 HEALTHY_AFTER: Final = 1.0
 """Seconds a caught-up connection must last before the backoff starts again from its first, short delay."""
 OPEN_TIMEOUT: Final = 10.0
+DONE_KEPT: Final = timedelta(days=7)
+"""How long answered commands stay in the outbox."""
 HEAD_TIMEOUT: Final = 3.0
 
 RESET_REASON: Final = "Not sent: the cache was reset because it belonged to another bridge. Send it again."
@@ -67,7 +71,8 @@ class LinkState(Enum):
     """What the link is doing; ``LinkStatus.detail`` says why, in a sentence."""
 
     OFFLINE = "offline"
-    """Not connected, and not connected since start(): the cache is readable. ``retry_at`` is set while retrying."""
+    """Not connected, and never caught up since the link was made (or stopped): the cache is readable.
+    ``retry_at`` is set while retrying."""
     CONNECTING = "connecting"
     """A connection attempt is under way."""
     CATCHING_UP = "catching up"
@@ -114,6 +119,8 @@ class LinkStatus:
     """Commands in the outbox not yet answered by the bridge."""
     ever_connected: bool = False
     """True once a connection has been caught up since the link was made."""
+    agent: str | None = None
+    """The agent the token belongs to, as the bridge said when the stream caught up."""
 
     @property
     def terminal(self) -> bool:
@@ -124,8 +131,13 @@ class LinkStatus:
         """Caught up: what is on screen is what the bridge knows."""
         return self.state is LinkState.CONNECTED
 
-    def retry_in(self, now: float | None = None) -> float | None:
-        """Seconds until the next attempt (never negative), or None if none is planned."""
+    @property
+    def retry_in(self) -> float | None:
+        """Seconds from now until the next attempt (never negative), or None if none is planned."""
+        return self.seconds_to_retry()
+
+    def seconds_to_retry(self, now: float | None = None) -> float | None:
+        """Seconds from ``now`` (``time.monotonic()`` by default) until the next attempt, or None."""
         if self.retry_at is None:
             return None
         return max(0.0, self.retry_at - (time.monotonic() if now is None else now))
@@ -142,7 +154,7 @@ class LinkStatus:
 
     def describe(self, now: float | None = None) -> str:
         """The status line: the detail, with the countdown to the next attempt when there is one."""
-        wait = self.retry_in(now)
+        wait = self.seconds_to_retry(now)
         if wait is None:
             return self.detail
         return f"{self.detail} Retrying in {wait:.0f} s." if wait >= 1 else f"{self.detail} Retrying now."
@@ -201,14 +213,13 @@ def _bridge_parts(bridge_url: str) -> SplitResult:
     if parts.scheme.lower() not in ("http", "https", "ws", "wss"):
         raise ValueError(f"{bridge_url!r} is not a bridge URL: {example}.")
     try:
-        port = parts.port
+        parts.port  # noqa: B018 - reading it is the check
     except ValueError:
         raise ValueError(f"{bridge_url!r} has a port that is not a number from 0 to 65535.") from None
     if not parts.hostname:
         raise ValueError(f"{bridge_url!r} names no host: {example}.")
     if parts.query or parts.fragment:
         raise ValueError(f"{bridge_url!r} has a query or fragment; a bridge URL has neither ({example}).")
-    del port
     return parts._replace(scheme=parts.scheme.lower())
 
 
@@ -282,6 +293,7 @@ class BridgeLink:
         *,
         on_status: Callable[[LinkStatus], None] | None = None,
         on_batch: Callable[[AppliedBatch], None] | None = None,
+        on_events: Callable[[list[protocol.Event]], None] | None = None,
         on_result: Callable[[protocol.Result], None] | None = None,
         on_signal: Callable[[protocol.Signal], None] | None = None,
         backoff: Backoff | None = None,
@@ -297,6 +309,8 @@ class BridgeLink:
         """Called with every new LinkStatus."""
         self.on_batch = on_batch
         """Called after each batch of events is committed to the cache."""
+        self.on_events = on_events
+        """Called after each batch too, with just its events (for code that needs no more)."""
         self.on_result = on_result
         """Called with each command's result, after the outbox row is settled."""
         self.on_signal = on_signal
@@ -313,7 +327,9 @@ class BridgeLink:
         self._session: _Session | None = None
         self._wake = asyncio.Event()
         self._closed = False
-        self._last_created = ""
+        self._inner: asyncio.Task[LinkStatus] | None = None
+        """The task doing run()'s work; stop() cancels it, whoever awaits run()."""
+        self._stopped: asyncio.Task[LinkStatus] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
@@ -322,8 +338,14 @@ class BridgeLink:
         return self._status
 
     @property
+    def agent(self) -> str | None:
+        """The agent the token belongs to (from the bridge's caught_up), once known."""
+        return self._status.agent
+
+    @property
     def running(self) -> bool:
-        return self._task is not None and not self._task.done()
+        """True while run() runs (started with start(), or awaited directly, e.g. in a Textual worker)."""
+        return any(t is not None and not t.done() for t in (self._inner, self._task))
 
     def start(self) -> None:
         """Run the link in the background (no-op if it runs). Needs a running event loop."""
@@ -333,12 +355,20 @@ class BridgeLink:
             self._task = asyncio.get_running_loop().create_task(self.run(), name="switchboard bridge link")
 
     async def stop(self) -> None:
-        """Disconnect and stop retrying. The cache and outbox stay as they are; start() resumes."""
-        task, self._task = self._task, None
+        """Disconnect and stop retrying; run() returns the OFFLINE status. The cache and outbox stay as they are;
+        start() (or run()) resumes. Works whether run() was started with start() or is awaited elsewhere."""
+        inner, task = self._inner, self._task
+        self._task = None
+        if inner is not None and not inner.done():
+            self._stopped = inner
+            inner.cancel()
+            await asyncio.wait({inner})  # if stop() itself is cancelled, that goes through
         if task is not None and not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            if inner is None:  # started, but run() has not begun yet
+                task.cancel()
+            await asyncio.wait({task})
+        if task is not None and not task.cancelled() and task.exception() is not None:
+            log.error("the bridge link had failed", exc_info=task.exception())
 
     async def aclose(self) -> None:
         """Stop, and release the worker thread and its cache connection. Status iterators end."""
@@ -364,7 +394,7 @@ class BridgeLink:
         """Cut the current wait short (a "retry now" key). No effect unless waiting to retry."""
         self._wake.set()
 
-    async def statuses(self) -> AsyncIterator[LinkStatus]:
+    async def statuses(self) -> AsyncGenerator[LinkStatus, None]:
         """The current status, then each change; a slow reader skips to the latest. Ends when the link is closed."""
         seen = -1
         while True:
@@ -377,7 +407,27 @@ class BridgeLink:
             await self._changed.wait()
 
     async def run(self) -> LinkStatus:
-        """Connect, catch up, stay live; reconnect with backoff. Returns the terminal status when one is reached."""
+        """Connect, catch up, stay live; reconnect with backoff. Returns the terminal status when one is reached,
+        or the OFFLINE status after stop(). Cancelling the caller disconnects too. One run() at a time.
+        """
+        if self._closed:
+            raise RuntimeError("this BridgeLink is closed")
+        starter = self._task
+        if (self._inner is not None and not self._inner.done()) or (
+            starter is not None and not starter.done() and starter is not asyncio.current_task()
+        ):
+            raise RuntimeError("this BridgeLink is already running")
+        inner = asyncio.get_running_loop().create_task(self._run(), name="switchboard bridge link")
+        self._inner = inner
+        try:
+            return await inner  # a cancellation of the caller reaches the inner task too
+        except asyncio.CancelledError:
+            me = asyncio.current_task()
+            if self._stopped is inner and (me is None or me.cancelling() == 0):
+                return self._status
+            raise
+
+    async def _run(self) -> LinkStatus:
         try:
             try:
                 stream_url(self.bridge_url, 0)
@@ -386,7 +436,8 @@ class BridgeLink:
             if not self.token or not self.token.isprintable() or any(c.isspace() for c in self.token):
                 detail = "No agent token is set." if not self.token else "The agent token has characters no token has."
                 return self._set(LinkState.TOKEN_REJECTED, f"{detail} Ask your admin for one.", retry_at=None)
-            cursor, pending = await self._db(self._read_counts)
+            self.backoff.reset()
+            cursor, pending = await self._db(self._prepare_sync)
             self._update(cursor=cursor, outbox_pending=pending)
             while True:
                 self._set(LinkState.CONNECTING, f"Connecting to {_host(self.bridge_url)}…", retry_at=None)
@@ -399,7 +450,7 @@ class BridgeLink:
                     problem, healthy = exc.detail, exc.healthy
                 except Exception as exc:  # a bug here must cost a reconnect, not the console's link
                     log.exception("bridge link session failed")
-                    problem = f"Unexpected error in the link ({exc.__class__.__name__}: {exc})."
+                    problem, healthy = f"Unexpected error in the link ({exc.__class__.__name__}: {exc}).", False
                 if healthy:
                     self.backoff.reset()
                 delay = self.backoff.next()
@@ -435,14 +486,13 @@ class BridgeLink:
                 ping_timeout=20,
                 close_timeout=2,
                 max_size=4 * 1024 * 1024,
-                compression=None if os.environ.get("NOCOMP") else "deflate",
             )
         except InvalidStatus as exc:
             raise _refusal(exc, host, cursor) from None
         except InvalidURI as exc:
             raise _Stop(LinkState.BAD_URL, f"{self.bridge_url!r} is not a usable bridge URL ({exc}).") from None
         except InvalidHandshake as exc:
-            raise _Retry(f"{host} did not answer as a Switchboard bridge does ({exc}); check the bridge URL.") from None
+            raise _Retry(f"The WebSocket handshake with {host} failed ({exc}); if this lasts, check the URL.") from None
         except socket.gaierror:
             raise _Retry(f"Cannot find the host {_hostname(self.bridge_url)!r}: check the bridge URL.") from None
         except ConnectionRefusedError:
@@ -451,9 +501,7 @@ class BridgeLink:
             raise _Retry(f"The bridge at {host} did not answer within {OPEN_TIMEOUT:.0f} s.") from None
         except OSError as exc:
             raise _Retry(f"Cannot reach the bridge at {host} ({exc.strerror or exc}).") from None
-        import os
-        if os.environ.get("CHUNK"):
-            ws.transport.max_size = int(os.environ["CHUNK"])  # type: ignore[attr-defined]
+        _limit_reads(ws)
         session = _Session(ws)
         self._session = session
         self._set(LinkState.CATCHING_UP, f"Catching up with {host}…", retry_at=None, applied=0)
@@ -468,9 +516,8 @@ class BridgeLink:
                 self._session = None
                 for task in tasks:
                     task.cancel()
-                for task in tasks:
-                    with contextlib.suppress(BaseException):
-                        await task
+                # Their outcomes are collected, not raised; a cancellation of this task still goes through.
+                await asyncio.gather(*tasks, return_exceptions=True)
                 with contextlib.suppress(Exception):
                     await asyncio.shield(ws.close())
         except _Retry as exc:
@@ -526,7 +573,11 @@ class BridgeLink:
                 session.live_since = time.monotonic()
                 cursor = self._status.cursor or 0
                 head = max(cursor, self._status.head or 0)
-                self._set(LinkState.CONNECTED, "Connected: live.", retry_at=None, head=head, ever_connected=True)
+                agent = frame.get("agent")
+                agent = agent if isinstance(agent, str) and agent else self._status.agent
+                self._set(
+                    LinkState.CONNECTED, "Connected: live.", retry_at=None, head=head, ever_connected=True, agent=agent
+                )
                 tasks.append(asyncio.create_task(self._send_pending(session), name="link-outbox"))
                 session.kick.set()
             elif isinstance(frame, dict) and frame.get("type") == protocol.ERROR:
@@ -558,17 +609,24 @@ class BridgeLink:
         raise _Retry(f"The bridge closed the connection (code {rcvd.code}{reason}).")
 
     async def _apply(self, batch: list[protocol.Event], session: _Session) -> None:
+        done = asyncio.get_running_loop().run_in_executor(self._worker, self._apply_sync, batch)
         try:
-            applied, cursor = await self._db(self._apply_sync, batch)
-        except GapError as exc:
-            cursor = await self._db(self.cache.cursor)
-            raise _Retry(f"The stream skipped events ({exc}); resuming from #{cursor}.") from None
-        except Exception as exc:  # an event this cache cannot store: never skip it, try again later
-            log.exception("could not apply events %d–%d", batch[0].seq, batch[-1].seq)
+            applied, cursor, failure = await asyncio.shield(done)
+        except asyncio.CancelledError:
+            # Stopped mid-batch: the thread commits it all the same, so the UI still hears of it.
+            applied, cursor, _ = await done
+            self._applied(applied, cursor, session)
+            raise
+        self._applied(applied, cursor, session)
+        if isinstance(failure, GapError):
+            raise _Retry(f"The stream skipped events ({failure}); resuming from #{cursor}.")
+        if failure is not None:  # an event this cache cannot store: never skip it; try again later
             raise _Retry(
-                f"Could not store events #{batch[0].seq}–#{batch[-1].seq} in the cache "
-                f"({exc.__class__.__name__}: {exc}); will try again."
-            ) from None
+                f"Could not store event #{cursor + 1} in the cache ({failure.__class__.__name__}: {failure}); "
+                "will try again."
+            )
+
+    def _applied(self, applied: list[protocol.Event], cursor: int, session: _Session) -> None:
         if not applied:
             return
         status = self._status
@@ -576,10 +634,27 @@ class BridgeLink:
         self._update(cursor=cursor, head=head, applied=status.applied + len(applied))
         conversations = frozenset(str(e.data["conversation_id"]) for e in applied if e.data.get("conversation_id"))
         self._call(self.on_batch, AppliedBatch(tuple(applied), cursor, not session.live, conversations))
+        self._call(self.on_events, list(applied))
 
-    def _apply_sync(self, batch: Sequence[protocol.Event]) -> tuple[list[protocol.Event], int]:
-        applied = self.cache.apply(batch)
-        return applied, self.cache.cursor()
+    def _apply_sync(self, batch: Sequence[protocol.Event]) -> tuple[list[protocol.Event], int, Exception | None]:
+        """Apply a batch in one transaction; if it fails, apply event by event up to the one that fails, so the
+        cache gets as far as it can. Returns (applied, cursor, the failure or None)."""
+        try:
+            return self.cache.apply(batch), self.cache.cursor(), None
+        except GapError as gap:
+            return [], self.cache.cursor(), gap
+        except Exception as exc:
+            if len(batch) == 1:
+                log.error("could not apply event %d", batch[0].seq, exc_info=True)
+                return [], self.cache.cursor(), exc
+        applied: list[protocol.Event] = []
+        for event in batch:
+            try:
+                applied += self.cache.apply([event])
+            except Exception as exc:
+                log.error("could not apply event %d", event.seq, exc_info=not isinstance(exc, GapError))
+                return applied, self.cache.cursor(), exc
+        return applied, self.cache.cursor(), None
 
     async def _learn_head(self) -> None:
         """The bridge's last event, from /healthz, so catch-up can show progress. Optional: failures are ignored."""
@@ -611,33 +686,34 @@ class BridgeLink:
             raise ValueError(f"a command's args must be JSON: {exc}") from None
         if len(frame.encode("utf-8")) > protocol.MAX_FRAME_BYTES:
             raise ValueError(f"the command is larger than the {protocol.MAX_FRAME_BYTES} bytes a frame may carry")
-        created_at = self._next_created_at()
-        pending = await self._db(self._enqueue_sync, command_id, name, args, conversation_id, created_at)
+        pending = await self._db(self._enqueue_sync, command_id, name, args, conversation_id)
         self._update(outbox_pending=pending)
         session = self._session
         if session is not None and session.live:
             session.kick.set()
         return command_id
 
-    def _next_created_at(self) -> str:
-        """Strictly increasing within this process, so the outbox's order is the order commands were made."""
-        now = datetime.now(UTC)
-        text = now.isoformat(timespec="microseconds")
-        if text <= self._last_created:
-            last = datetime.fromisoformat(self._last_created)
-            text = (last + timedelta(microseconds=1)).isoformat(timespec="microseconds")
-        self._last_created = text
-        return text
-
-    def _enqueue_sync(
-        self, command_id: str, name: str, args: dict[str, Any], conversation_id: str | None, created_at: str
-    ) -> int:
+    def _enqueue_sync(self, command_id: str, name: str, args: dict[str, Any], conversation_id: str | None) -> int:
         with self.cache._write_lock:
             conn = self.cache.conn()
-            conn.execute(
-                "INSERT INTO outbox (command_id, command, args, conversation_id, created_at) VALUES (?, ?, ?, ?, ?)",
-                (command_id, name, json.dumps(args, ensure_ascii=False), conversation_id, created_at),
-            )
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                # Strictly after every command already there, even if the clock stepped back: the outbox's order
+                # is the order commands were made.
+                created_at = datetime.now(UTC).isoformat(timespec="microseconds")
+                last = conn.execute("SELECT max(created_at) FROM outbox").fetchone()[0]
+                if last is not None and created_at <= last:
+                    later = datetime.fromisoformat(last) + timedelta(microseconds=1)
+                    created_at = later.isoformat(timespec="microseconds")
+                conn.execute(
+                    "INSERT INTO outbox (command_id, command, args, conversation_id, created_at) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (command_id, name, json.dumps(args, ensure_ascii=False), conversation_id, created_at),
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
         return _pending_count(self.cache)
 
     async def _send_pending(self, session: _Session) -> None:
@@ -658,7 +734,16 @@ class BridgeLink:
             log.exception("could not send the outbox; it goes out on the next connection")
 
     async def _settle(self, result: protocol.Result) -> None:
-        pending = await self._db(self._settle_sync, result)
+        done = asyncio.get_running_loop().run_in_executor(self._worker, self._settle_sync, result)
+        try:
+            pending = await asyncio.shield(done)
+        except asyncio.CancelledError:
+            # Stopped meanwhile: the row is settled all the same, and will not be resent, so say so.
+            self._settled(result, await done)
+            raise
+        self._settled(result, pending)
+
+    def _settled(self, result: protocol.Result, pending: int) -> None:
         self._update(outbox_pending=pending)
         self._call(self.on_result, result)
 
@@ -672,6 +757,18 @@ class BridgeLink:
                 ("done" if result.ok else "failed", error, result.id),
             )
         return _pending_count(self.cache)
+
+    async def send_now(self, cmd: protocol.Command) -> None:
+        """Send a command now, bypassing the outbox: for questions like ``list_agents`` that are worth nothing
+        later. Its result arrives through ``on_result``. Raises ConnectionError when the stream is not live.
+        Anything that changes something goes through command() instead."""
+        session = self._session
+        if session is None or not session.live:
+            raise ConnectionError("not connected to the bridge")
+        try:
+            await session.ws.send(protocol.encode(cmd.to_frame()))
+        except ConnectionClosed as exc:
+            raise ConnectionError("the connection to the bridge closed") from exc
 
     # -- signals ---------------------------------------------------------------------------------------------
 
@@ -700,6 +797,8 @@ class BridgeLink:
         answered ones are dropped.
         """
         await self.stop()
+        if self.running:
+            raise RuntimeError("the link is still running")
         await self._db(_reset_cache_sync, self.cache)
         cursor, pending = await self._db(self._read_counts)
         self._set(
@@ -714,6 +813,13 @@ class BridgeLink:
 
     def _read_counts(self) -> tuple[int, int]:
         return self.cache.cursor(), _pending_count(self.cache)
+
+    def _prepare_sync(self) -> tuple[int, int]:
+        """Drop answered commands older than a week (their messages are in the cache), then read the counts."""
+        week_ago = (datetime.now(UTC) - DONE_KEPT).isoformat(timespec="microseconds")
+        with self.cache._write_lock:
+            self.cache.conn().execute("DELETE FROM outbox WHERE state = 'done' AND created_at < ?", (week_ago,))
+        return self._read_counts()
 
     async def _db(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._worker, fn, *args)
@@ -806,6 +912,16 @@ def _reset_cache_sync(cache: Cache) -> None:
 
 
 # -- helpers ------------------------------------------------------------------------------------------------
+
+
+def _limit_reads(ws: ClientConnection) -> None:
+    """Read the socket in small chunks: websockets parses a whole read in one callback on the UI loop, and asyncio
+    reads up to 256 KiB at once (a thousand event frames, a visible stall under a long catch-up). Best effort: the
+    attribute is the standard selector transport's; other loops (uvloop) keep their own sizes."""
+    transport = ws.transport
+    if isinstance(getattr(transport, "max_size", None), int):
+        with contextlib.suppress(AttributeError, TypeError):
+            transport.max_size = READ_CHUNK  # type: ignore[attr-defined]
 
 
 def _fetch_head(url: str) -> int | None:
