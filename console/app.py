@@ -66,9 +66,19 @@ class SwitchboardApp(App[None]):
         if self.config.keymap:
             self.set_keymap(dict(self.config.keymap))
         if self.link is not None:
-            self.run_worker(self.link.run(), name="bridge-link", group="link", exit_on_error=False)
+            self.link.start()
+            self.set_interval(1.0, self._tick)
         else:
-            self.link_status(LinkStatus(LinkState.OFFLINE, "no bridge configured: showing the cache"))
+            self.link_status(LinkStatus(LinkState.OFFLINE, "No bridge configured: showing the cache."))
+
+    async def on_unmount(self) -> None:
+        if self.link is not None:
+            await self.link.aclose()
+
+    def _tick(self) -> None:
+        # The "retrying in N s" countdown moves once a second without the link having to say anything.
+        if self.link is not None and self.link.status.retry_at is not None:
+            self.link_status(self.link.status)
 
     # -- from the link (same event loop) ---------------------------------------------------------------------
 
@@ -162,8 +172,23 @@ class SwitchboardApp(App[None]):
         if not isinstance(self.screen, HelpScreen):
             self.push_screen(HelpScreen(self.binding_sections()))
 
+    async def reset_cache(self) -> None:
+        """After "wrong bridge": forget this cache's events and load the bridge's own history."""
+        if self.link is not None:
+            await self.link.reset_cache()
+            self.link.start()
+            self.main.post_message(messages.EventsApplied([], set()))
+
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
+        if self.link is not None and self.link.status.state is LinkState.WRONG_BRIDGE:
+            yield SystemCommand(
+                "Reset the cache",
+                "This cache belongs to another bridge: forget it and load this bridge's history",
+                lambda: self.run_worker(self.reset_cache(), group="reset"),
+            )
+        if self.link is not None and self.link.status.retry_at is not None:
+            yield SystemCommand("Retry now", "Reconnect to the bridge without waiting", self.link.retry_now)
         for binding in MainScreen.BINDINGS:
             if not isinstance(binding, Binding):
                 continue

@@ -8,16 +8,6 @@ from textual.widget import Widget
 
 from console.text import one_line
 
-STATE_STYLE = {
-    "connected": "bold $success",
-    "catching up": "bold $warning",
-    "connecting": "$warning",
-    "reconnecting": "$warning",
-    "offline": "bold $error",
-    "token rejected": "bold $error",
-    "wrong bridge": "bold $error",
-}
-
 
 class StatusLine(Widget):
     """One line: ``● connected · ana · 3 unread · open · everyone's``."""
@@ -45,7 +35,7 @@ class StatusLine(Widget):
     def render(self) -> Text:
         line = Text(no_wrap=True, overflow="ellipsis")
         colour = self.app.theme_variables.get("success", "green")
-        if self.state in ("offline", "token rejected", "wrong bridge"):
+        if self.state in ("offline", "token rejected", "wrong bridge", "bad URL", "refused"):
             colour = self.app.theme_variables.get("error", "red")
         elif self.state != "connected":
             colour = self.app.theme_variables.get("warning", "yellow")
