@@ -61,26 +61,3 @@ def parse_e164(text: str, default_region: str = "US") -> E164:
     if not phonenumbers.is_valid_number(number):
         raise InvalidNumber(f"{_shown(stripped)} is not a number in use in {where}")
     return E164(phonenumbers.format_number(number, PhoneNumberFormat.E164))
-
-
-def region_of(number: str) -> str | None:
-    """The ISO region of an E.164 number (``"US"``), or None when it can't be told."""
-    try:
-        return phonenumbers.region_code_for_number(phonenumbers.parse(number, None)) or None
-    except NumberParseException:
-        return None
-
-
-def format_for_display(number: str, region: str = "US") -> str:
-    """National format for numbers in ``region`` (``(415) 555-0123``), international otherwise.
-
-    Anything that isn't a parseable number (a WhatsApp address, a short code) is returned as it came.
-    """
-    try:
-        parsed = phonenumbers.parse(number, region.upper())
-    except NumberParseException:
-        return number
-    if not phonenumbers.is_possible_number(parsed):
-        return number
-    same = phonenumbers.region_code_for_number(parsed) == region.upper()
-    return phonenumbers.format_number(parsed, PhoneNumberFormat.NATIONAL if same else PhoneNumberFormat.INTERNATIONAL)

@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bridge.phones import InvalidNumber, format_for_display, parse_e164, region_of
+from bridge.phones import InvalidNumber, parse_e164
+from console.phones import display_number, region_name
 
 
 @pytest.mark.parametrize(
@@ -49,12 +50,12 @@ def test_refusals_say_what_is_wrong(typed: str, reason: str) -> None:
 
 
 def test_display_and_region() -> None:
-    assert format_for_display("+14155550123") == "(415) 555-0123"
-    assert format_for_display("+442079460958") == "+44 20 7946 0958"
-    assert format_for_display("+442079460958", "GB") == "020 7946 0958"
-    assert format_for_display("whatsapp:+1415") == "whatsapp:+1415"
-    assert region_of("+442079460958") == "GB"
-    assert region_of("nonsense") is None
+    assert display_number("+14155550123") == "(415) 555-0123"
+    assert display_number("+442079460958") == "+44 20 7946 0958"
+    assert display_number("+442079460958", "GB") == "020 7946 0958"
+    assert display_number("whatsapp:+1415") == "whatsapp:+1415"
+    assert region_name("+442079460958") == "GB"
+    assert region_name("nonsense") is None
 
 
 @given(st.text(max_size=60))
