@@ -399,6 +399,17 @@ class Cache:
         )
         return [(r[0], r[1], json.loads(r[2]), r[3], r[4]) for r in rows]
 
+    def conversation_labels(self, ids: Iterable[str]) -> dict[str, tuple[str | None, str]]:
+        """(customer name, customer number) for each conversation id, in one query."""
+        wanted = list(dict.fromkeys(ids))
+        if not wanted:
+            return {}
+        marks = ",".join("?" * len(wanted))
+        rows = self.conn().execute(
+            f"SELECT id, customer_name, customer_number FROM conversations WHERE id IN ({marks})", wanted
+        )
+        return {r[0]: (r[1], r[2]) for r in rows}
+
     def close(self) -> None:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is not None:

@@ -21,6 +21,7 @@ from console.phones import display_number
 from console.text import one_line
 
 RESULTS = 50
+MIN_QUERY = 2
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,9 @@ class SearchScreen(ModalScreen[Hit | None]):
     def compose(self) -> ComposeResult:
         with Vertical():
             yield Input(placeholder="search every message…", id="search-input")
-            yield Static("Type to search. Words match as prefixes; newest first.", id="search-summary")
+            yield Static(
+                "Type to search (two letters or more). Words match as prefixes; newest first.", id="search-summary"
+            )
             yield OptionList(id="search-results")
 
     def on_mount(self) -> None:
@@ -77,18 +80,12 @@ class SearchScreen(ModalScreen[Hit | None]):
 
     @work(thread=True, exclusive=True, group="search")
     def _search(self, query: str) -> None:
-        rows = self.cache.search(query, RESULTS) if query.strip() else []
-        labels: dict[str, str] = {}
-        for row in rows:
-            if row.conversation_id not in labels:
-                convo = self.cache.conversation(row.conversation_id)
-                labels[row.conversation_id] = (
-                    one_line(convo.customer_name)
-                    if convo and convo.customer_name
-                    else display_number(convo.customer_number, self.phone_region)
-                    if convo
-                    else "?"
-                )
+        # One letter matches most of a big cache (every word starting with it): wait for a second one.
+        rows = self.cache.search(query, RESULTS) if len(query.strip()) >= MIN_QUERY else []
+        labels = {
+            cid: one_line(name) if name else display_number(number, self.phone_region)
+            for cid, (name, number) in self.cache.conversation_labels(r.conversation_id for r in rows).items()
+        }
         self.post_message(self._Results(query, rows, labels))
 
     def on_search_screen__results(self, message: _Results) -> None:
@@ -99,18 +96,20 @@ class SearchScreen(ModalScreen[Hit | None]):
         options = self.query_one(OptionList)
         options.clear_options()
         now = self.clock()
+        found: list[Option] = []
         for n, row in enumerate(message.rows):
             line = Text(no_wrap=True, overflow="ellipsis")
             line.append(f"{times.short(row.at, now, self.tz):>9}  ", "dim")
             line.append(f"{message.labels.get(row.conversation_id, '?')[:18]:<18} ", "bold")
             line.append({"inbound": "◀ ", "outbound": "▶ ", "note": "✎ "}.get(row.direction, "  "))
             line.append(one_line(row.body))
-            options.add_option(Option(line, id=str(n)))
+            found.append(Option(line, id=str(n)))
+        options.add_options(found)  # one layout for the whole list, not one per row
         if options.option_count:
             options.highlighted = 0
         summary = self.query_one("#search-summary", Static)
-        if not message.query.strip():
-            summary.update("Type to search. Words match as prefixes; newest first.")
+        if len(message.query.strip()) < MIN_QUERY:
+            summary.update("Type to search (two letters or more). Words match as prefixes; newest first.")
         elif not message.rows:
             summary.update(f"No message matches {one_line(message.query)!r}.")
         else:
