@@ -115,6 +115,7 @@ class MainScreen(Screen[None]):
         self._touched: set[str] = set()
         self._presence: dict[str, dict[str, str]] = {}
         self._opening: str | None = None
+        self._offered: tuple[bool, str] | None = None
 
     @property
     def console_app(self) -> SwitchboardApp:
@@ -218,7 +219,11 @@ class MainScreen(Screen[None]):
             if previous is not None and previous.id != row.id:
                 self.console_app.send_signal(previous.id, "idle")
             self._schedule_inbox_reload()
-        self.refresh_bindings()
+        # Recomposing the footer costs ~30 ms here: only when what the keys can do has changed.
+        offered = (row.assignee == self.console_app.agent, row.status)
+        if offered != self._offered:
+            self._offered = offered
+            self.refresh_bindings()
 
     # -- live updates ----------------------------------------------------------------------------------------
 
