@@ -114,6 +114,7 @@ class ConversationList(ScrollView, can_focus=True):
         self._generation = 0
         self._loading: tuple[int, int] | None = None
         self._follow: str | None = None
+        self._follow_cursor = False
         self._now = clock()
 
     # -- data ------------------------------------------------------------------------------------------------
@@ -132,10 +133,12 @@ class ConversationList(ScrollView, can_focus=True):
     def reload(self, keep: str | None = None) -> None:
         """Refetch the count and the visible window (after events, or a filter change).
 
-        ``keep`` is a conversation id the cursor should stay on if it moved in the order.
+        ``keep`` is a conversation id the cursor should stay on if it moved in the order. Without it, the cursor
+        stays on the conversation it is on when the rows arrive, so a key pressed while they load is not undone.
         """
         self._generation += 1
         self._follow = (keep or None) if keep is not None else self.highlighted_id
+        self._follow_cursor = keep is None
         self._fetch(self._generation, max(0, int(self.scroll_offset.y) - WINDOW // 4), self._follow)
 
     @work(thread=True, exclusive=True, group="inbox-fetch")
@@ -159,6 +162,8 @@ class ConversationList(ScrollView, can_focus=True):
         self._now = self.clock()
         self.virtual_size = Size(self.size.width, self.count)
         follow, self._follow = self._follow, None
+        if self._follow_cursor:
+            follow, self._follow_cursor = previous, False
         if follow is not None:
             for index, row in self._rows.items():
                 if row.id == follow:
