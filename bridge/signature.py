@@ -151,8 +151,11 @@ def _validate(
     elif raw_body is not None:
         return False
     ok = False
+    signed = signing_payload("", signed_params).encode("utf-8")  # the sorted parameters: once, not per URL variant
+    key, digest = secret.encode("utf-8"), _ALGORITHMS[algorithm]
     for candidate in url_variants(url):
-        computed = compute_signature(candidate, signed_params, secret, algorithm)
+        mac = hmac.new(key, candidate.encode("utf-8") + signed, digest)
+        computed = base64.b64encode(mac.digest()).decode("ascii")
         # Evaluate every variant so timing does not reveal which one matched.
         ok |= hmac.compare_digest(computed.encode("ascii"), signature.encode("utf-8", "surrogateescape"))
     return ok
