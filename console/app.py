@@ -118,7 +118,11 @@ class SwitchboardApp(App[None]):
                 "No bridge is configured, so nothing can be sent. Run `switchboard login URL`.", severity="error"
             )
             return None
-        return await self.link.command(command, args, conversation_id)
+        try:
+            return await self.link.command(command, args, conversation_id)
+        except ValueError as exc:  # e.g. a body over the outbox's size limit: say so, keep the draft
+            self.notify(f"Not sent: {exc}", severity="error")
+            return None
 
     async def list_agents(self) -> list[str] | None:
         """The team's active agents, asked of the bridge now (None when it is not reachable)."""

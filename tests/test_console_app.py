@@ -208,3 +208,4 @@ async def test_offline_actions_say_they_need_the_bridge(cache: Cache) -> None:
         await pilot.press(*"on my way", "enter")
         await settle(pilot)
         assert any("No bridge is configured" in str(n.message) for n in app._notifications)
+        assert app.query_one(Composer).text == "on my way"  # the draft is kept

@@ -302,7 +302,11 @@ class MainScreen(Screen[None]):
             self.notify("Open a conversation first (enter in the inbox).", severity="warning")
             return
         if event.note:
-            await self.console_app.run_command("add_note", {"conversation_id": row.id, "body": event.text}, row.id)
+            sent = await self.console_app.run_command(
+                "add_note", {"conversation_id": row.id, "body": event.text}, row.id
+            )
+            if sent is None:
+                return  # nothing queued: the draft stays
             self.composer.clear()
             self.composer.note_mode = False
             self.thread.refresh_thread()
@@ -322,7 +326,9 @@ class MainScreen(Screen[None]):
             self.run_worker(self._send(row, text), group="send")
 
     async def _send(self, row: ConversationRow, text: str) -> None:
-        await self.console_app.run_command("send_sms", {"conversation_id": row.id, "body": text}, row.id)
+        sent = await self.console_app.run_command("send_sms", {"conversation_id": row.id, "body": text}, row.id)
+        if sent is None:
+            return  # nothing queued: the draft stays
         self.composer.clear()
         self.console_app.send_signal(row.id, "idle")
         self.thread.refresh_thread()
