@@ -23,6 +23,7 @@ from bridge.store import agent_for_token
 log = logging.getLogger("switchboard.bridge.stream")
 
 REPLAY_PAGE = 1000
+CLOSE_TIMEOUT = 5.0
 _CURSOR = re.compile(r"[0-9]{1,18}")  # ASCII digits: str.isdigit() also admits "²"
 
 
@@ -83,8 +84,9 @@ async def stream_endpoint(websocket: WebSocket) -> None:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         if sub.close_code is not None:
+            # A stalled console never drains its socket, so the close frame may never go out: don't wait forever.
             with contextlib.suppress(Exception):
-                await websocket.close(code=sub.close_code, reason=sub.close_reason)
+                await asyncio.wait_for(websocket.close(code=sub.close_code, reason=sub.close_reason), CLOSE_TIMEOUT)
         log.info("%s disconnected%s", agent, f" ({sub.close_reason})" if sub.close_reason else "")
 
 
