@@ -94,6 +94,10 @@ class SwitchboardApp(App[None]):
             )
         self.main.post_message(messages.LinkChanged(status.state.value, detail))
 
+    @property
+    def catching_up(self) -> bool:
+        return self.link is not None and self.link.status.state is LinkState.CATCHING_UP
+
     def link_events(self, events: list[protocol.Event]) -> None:
         touched = {str(e.data["conversation_id"]) for e in events if e.data.get("conversation_id")}
         self.main.post_message(messages.EventsApplied(events, touched))

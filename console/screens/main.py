@@ -45,6 +45,7 @@ NEEDS_CONVERSATION = {
     "mark_unread",
     "open_attachment",
 }
+TOASTS_PER_BATCH = 3
 LETTER_KEYS = NEEDS_CONVERSATION | {"search", "next_waiting", "cycle_status", "cycle_owner"}
 SNOOZE_CHOICES = [("1h", "for an hour"), ("3h", "for 3 hours"), ("tomorrow", "until 9:00 tomorrow"), ("3d", "3 days")]
 
@@ -230,14 +231,21 @@ class MainScreen(Screen[None]):
     def on_events_applied(self, message: messages.EventsApplied) -> None:
         self._touched |= message.conversations
         self._schedule_inbox_reload()
+        if self.console_app.catching_up:
+            return  # texts missed while away are in the inbox, marked unread; a toast each would bury the screen
         current = self.current
-        for event in message.events:
-            cid = event.data.get("conversation_id")
-            if event.type == "message.received" and cid != (current.id if current else None):
-                who = display_number(str(event.data.get("customer_number", "")), self.console_app.config.region)
-                self.notify(one_line(str(event.data.get("body", "")))[:80] or "(attachment)", title=f"Text from {who}")
-                if self.console_app.config.bell:
-                    self.app.bell()
+        arrived = [
+            e
+            for e in message.events
+            if e.type == "message.received" and e.data.get("conversation_id") != (current.id if current else None)
+        ]
+        for event in arrived[:TOASTS_PER_BATCH]:
+            who = display_number(str(event.data.get("customer_number", "")), self.console_app.config.region)
+            self.notify(one_line(str(event.data.get("body", "")))[:80] or "(attachment)", title=f"Text from {who}")
+        if len(arrived) > TOASTS_PER_BATCH:
+            self.notify(f"and {len(arrived) - TOASTS_PER_BATCH} more new texts in the inbox")
+        if arrived and self.console_app.config.bell:
+            self.app.bell()
 
     def _schedule_inbox_reload(self) -> None:
         # Bursts of events coalesce into one repaint every 50 ms: a busy queue never stutters the UI.
@@ -261,10 +269,12 @@ class MainScreen(Screen[None]):
 
     def on_link_changed(self, message: messages.LinkChanged) -> None:
         status = self.query_one(StatusLine)
+        changed = status.state != message.state
         status.state, status.detail = message.state, message.text
         status.agent = self.console_app.agent or ""
         self.header.me = self.console_app.agent or ""
-        self.refresh_bindings()
+        if changed:  # a footer recompose costs tens of ms: not for every progress update
+            self.refresh_bindings()
 
     def on_signal_received(self, message: messages.SignalReceived) -> None:
         here = self._presence.setdefault(message.conversation_id, {})
