@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import subprocess
 import tempfile
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +15,7 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.css.query import NoMatches
 from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import Footer
@@ -203,7 +206,7 @@ class MainScreen(Screen[None]):
         if mark_read:
             app.cache.mark_read(conversation_id)
         row = app.cache.conversation(conversation_id)
-        self.app.call_from_thread(self._show_header, row, at_pos, mark_read)
+        self._to_ui(self._show_header, row, at_pos, mark_read)
 
     def _show_header(self, row: ConversationRow | None, at_pos: int | None, opened: bool) -> None:
         previous = self.current
@@ -265,7 +268,20 @@ class MainScreen(Screen[None]):
     @work(thread=True, group="status")
     def _refresh_status(self) -> None:
         total = self.console_app.cache.unread_total()
-        self.app.call_from_thread(setattr, self.query_one(StatusLine), "unread", total)
+        self._to_ui(self._set_unread, total)
+
+    def _set_unread(self, total: int) -> None:
+        self.query_one(StatusLine).unread = total
+
+    def _to_ui(self, callback: Callable[..., None], *args: Any) -> None:
+        """From a thread worker: run ``callback`` on the UI loop, unless the app is closing under the worker."""
+
+        def guarded() -> None:
+            with contextlib.suppress(NoMatches):  # the screen's widgets are gone: the console is quitting
+                callback(*args)
+
+        with contextlib.suppress(RuntimeError):  # the app's loop has already stopped
+            self.app.call_from_thread(guarded)
 
     def on_link_changed(self, message: messages.LinkChanged) -> None:
         status = self.query_one(StatusLine)
@@ -359,7 +375,7 @@ class MainScreen(Screen[None]):
     @work(thread=True, group="next")
     def action_next_waiting(self) -> None:
         row = self.console_app.cache.next_needing_attention(self.console_app.agent)
-        self.app.call_from_thread(self._go_next, row)
+        self._to_ui(self._go_next, row)
 
     def _go_next(self, row: ConversationRow | None) -> None:
         if row is None:
@@ -433,7 +449,7 @@ class MainScreen(Screen[None]):
         row = self.current
         if row is not None:
             self.console_app.cache.mark_unread(row.id)
-            self.app.call_from_thread(self._after_unread)
+            self._to_ui(self._after_unread)
 
     def _after_unread(self) -> None:
         self.inbox.reload()
