@@ -8,12 +8,12 @@ Rows not fetched yet draw as a dim placeholder for the few milliseconds the quer
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, tzinfo
+from datetime import tzinfo
 
 from rich.segment import Segment
 from rich.style import Style
 from rich.text import Text
-from textual import work
+from textual import events, work
 from textual.binding import Binding
 from textual.geometry import Size
 from textual.message import Message
@@ -298,12 +298,6 @@ class ConversationList(ScrollView, can_focus=True):
                 return
         self.reload(keep=conversation_id)
 
-    def on_click(self, event: object) -> None:
-        offset = getattr(event, "y", None)
-        if isinstance(offset, int):
-            self._move(int(self.scroll_offset.y) + offset)
-            self.action_open()
-
-    def refresh_clock(self, now: datetime) -> None:
-        self._now = now
-        self.refresh()
+    def on_click(self, event: events.Click) -> None:
+        self._move(int(self.scroll_offset.y) + event.y)
+        self.action_open()

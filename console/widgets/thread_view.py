@@ -8,7 +8,7 @@ so a thread of any length opens at once.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import tzinfo
+from datetime import datetime, tzinfo
 
 from rich.segment import Segment
 from rich.style import Style
@@ -22,7 +22,6 @@ from textual.strip import Strip
 
 from console import times
 from console.cache import Cache, MessageRow
-from console.phones import display_number
 from console.text import inert, one_line
 
 PAGE = 200
@@ -300,10 +299,10 @@ class ThreadView(ScrollView, can_focus=True):
         self.virtual_size = Size(width, len(lines))
         self.refresh()
 
-    def _header(self, row: MessageRow, now: object) -> Text:
+    def _header(self, row: MessageRow, now: datetime) -> Text:
         style = self.get_component_rich_style
         meta = style("thread-view--meta", partial=True)
-        when = times.short(row.at, self.clock(), self.tz)
+        when = times.short(row.at, now, self.tz)
         head = Text("", end="")
         if row.direction == "inbound":
             head.append("◀ ", style("thread-view--inbound", partial=True))
@@ -340,6 +339,3 @@ class ThreadView(ScrollView, can_focus=True):
         """(content type, URL) of every attachment loaded, newest first."""
         found = [(str(m.get("content_type", "")), str(m.get("url", ""))) for r in self.rows for m in r.media]
         return list(reversed(found))
-
-    def label_for(self, number: str) -> str:
-        return display_number(number, self.phone_region)
