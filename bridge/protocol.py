@@ -64,7 +64,29 @@ snoozed_until passed), "customer wrote" (an inbound text reopened a resolved or 
 follows that text's message.received in the same commit). A conversation starts "open", with no event."""
 NOTE_ADDED: Final = "note.added"
 """An agent's internal note on a conversation (never sent to the customer). data: note_id ("NT" + 32 hex digits),
-conversation_id, body, agent, at (ISO 8601 UTC with milliseconds)."""
+conversation_id, body, agent, at (ISO 8601 UTC with milliseconds), call_sid (the call a wrap-up note is the
+disposition of; absent or null for other notes)."""
+
+# Voice (issue #4). A call is identified by the caller's CallSid ("CA" + 32 hex digits); it belongs to the same
+# conversation as that customer's texts to that number.
+CALL_UPDATED: Final = "call.updated"
+"""A call's state changed. data is the whole call as it now stands (a console upserts it by call_sid) plus
+``change``, what just happened (one of CALL_CHANGES):
+call_sid, conversation_id, twilio_number, customer_number, caller_name (or null), from_city, from_state,
+from_country (Twilio's geo fields or null), queue (the queue's name, or null once answered from it),
+state (one of CALL_STATES), agent (the agent on the call, the one being rung, or null), on_hold (bool),
+muted (the agent's leg, bool), transfer (null, or {mode: "cold"|"warm", target_kind: "agent"|"queue"|"number",
+target: name or E.164, state: "ringing"|"consulting"|"failed"|"completed"|"cancelled", by}),
+offered_to (agent offered the call by auto-offer, or null), offer_expires_at (ISO 8601 UTC ms, or null),
+queued_at, answered_at, ended_at (ISO 8601 UTC ms, or null), outcome (null while live; one of CALL_OUTCOMES),
+agents (every agent who talked to the caller, in order), reason (a sentence for the timeline, or null)."""
+VOICEMAIL_RECORDED: Final = "voicemail.recorded"
+"""A caller left a voicemail. data: voicemail_id ("VM" + 32 hex digits), call_sid, conversation_id, twilio_number,
+customer_number, queue, recording_sid, recording_url (Twilio's, append ".mp3" or ".wav" to fetch), duration
+(seconds, int), reason ("longest wait" | "closed": why the caller was sent to voicemail), at."""
+AGENT_PRESENCE: Final = "agent.presence"
+"""An agent's presence changed. data: agent, presence (one of PRESENCES), previous, reason (one of
+PRESENCE_REASONS), call_sid (the call that made them busy, or null), at (ISO 8601 UTC ms)."""
 
 EVENT_TYPES: Final = frozenset(
     {
@@ -77,11 +99,67 @@ EVENT_TYPES: Final = frozenset(
         CONVERSATION_ASSIGNED,
         CONVERSATION_STATUS,
         NOTE_ADDED,
+        CALL_UPDATED,
+        VOICEMAIL_RECORDED,
+        AGENT_PRESENCE,
     }
 )
 
 CONVERSATION_STATUSES: Final = frozenset({"open", "pending", "resolved", "snoozed"})
 STATUS_REASONS: Final = frozenset({"agent", "snooze ended", "customer wrote"})
+
+CALL_STATES: Final = frozenset(
+    {
+        "queued",  # waiting in a queue, hearing the wait music
+        "ringing_agent",  # accepted (or transferred to an agent): the agent's phone is ringing
+        "connected",  # caller and agent talk in the call's conference
+        "on_hold",  # the caller hears hold music; the agent may consult a transfer target
+        "consulting",  # warm transfer: caller on hold, agent talking to the target
+        "transferring",  # cold transfer: the target's phone is ringing, the caller hears hold music
+        "voicemail",  # the caller is recording a voicemail
+        "ended",  # the caller's call is over; see outcome
+    }
+)
+CALL_CHANGES: Final = frozenset(
+    {
+        "queued",  # greeted and enqueued (also: back at the front of the queue after a failed handoff)
+        "offered",  # auto-offer rings an available agent's console (offered_to, offer_expires_at)
+        "offer_declined",  # the offered agent declined, or the offer timed out
+        "accepted",  # an agent took the call; their phone is being dialled
+        "agent_no_answer",  # the agent's phone did not answer: the caller is back at the front of the queue
+        "connected",  # the agent answered and is talking to the caller
+        "held",
+        "unheld",
+        "muted",
+        "unmuted",
+        "transfer_started",
+        "transfer_failed",  # the target did not answer: cold → front of the queue; warm → back to the agent
+        "transfer_completed",  # the target is now the agent on the call (or the call is in another queue)
+        "transfer_cancelled",  # warm transfer cancelled: the agent is back with the caller
+        "voicemail_started",
+        "ended",
+    }
+)
+CALL_OUTCOMES: Final = frozenset(
+    {
+        "answered",  # talked to at least one agent
+        "abandoned",  # the caller hung up before anyone answered
+        "voicemail",  # left a voicemail
+        "transferred_out",  # cold-transferred to an external number
+        "failed",  # Twilio or the bridge could not carry the call
+    }
+)
+PRESENCES: Final = frozenset({"available", "busy", "away", "offline"})
+PRESENCE_REASONS: Final = frozenset(
+    {
+        "agent",  # set_presence
+        "on_call",  # took or was given a call
+        "wrap_up",  # the call ended; busy until wrap_up
+        "wrapped_up",  # wrap_up done: back to available
+        "connected",  # a console connected (offline → available)
+        "disconnected",  # no console for longer than the grace period
+    }
+)
 
 # Control frame types.
 CAUGHT_UP: Final = "caught_up"
@@ -111,9 +189,67 @@ ADD_NOTE: Final = "add_note"
 """args: conversation_id, body (1–MAX_NOTE_CHARS characters, not only whitespace). Internal: never sent to Twilio.
 result data: note_id, conversation_id, at. Refusals: bad_args, empty_body, body_too_long, unknown_conversation."""
 LIST_AGENTS: Final = "list_agents"
-"""args: none ({}). result data: agents [{name, active}], by name; never tokens. Logs no event. Like every
+"""args: none ({}). result data: agents [{name, active, presence, has_phone}], by name; never tokens or phones.
+Logs no event. Like every
 command, a resent id gets its first answer: ask with a fresh id for the current list."""
-COMMANDS: Final = frozenset({SEND_SMS, ASSIGN, CLAIM, SET_STATUS, ADD_NOTE, LIST_AGENTS})
+
+# Voice commands. Every refusal carries a sentence an agent can act on; codes are listed per command.
+ACCEPT_CALL: Final = "accept_call"
+"""args: call_sid (or null/absent: the call waiting longest in any queue). The first agent to accept wins; the
+bridge dials the agent's phone into the call's conference, and moves the caller in when the agent answers.
+result data: call_sid, conversation_id, state ("ringing_agent"). Refusals: bad_args, no_calls_waiting,
+unknown_call, already_taken (data: agent), call_ended, no_phone (set one with `switchboard-bridge agents set-phone`),
+agent_busy (already on a call or in wrap-up)."""
+HOLD_CALL: Final = "hold_call"
+"""args: call_sid, hold (bool). result data: call_sid, on_hold, changed. Refusals: bad_args, unknown_call,
+not_your_call, not_connected."""
+MUTE_CALL: Final = "mute_call"
+"""args: call_sid, muted (bool): mutes the agent's own leg. result data: call_sid, muted, changed. Refusals as for
+hold_call."""
+TRANSFER_CALL: Final = "transfer_call"
+"""args: call_sid, mode ("cold" | "warm"), target ({"agent": name} | {"queue": name} | {"number": text}; warm
+takes an agent or a number). The number is read with the team's region and must be a valid phone number.
+result data: call_sid, transfer (as in call.updated). Refusals: bad_args, unknown_call, not_your_call,
+not_connected, unknown_agent, unknown_queue, bad_number (message says why), no_phone (the target agent has none),
+agent_busy, transfer_in_progress."""
+COMPLETE_TRANSFER: Final = "complete_transfer"
+"""args: call_sid. Warm transfer: the agent leaves; caller and target stay connected. result data: call_sid.
+Refusals: bad_args, unknown_call, not_your_call, no_transfer (nothing to complete: not consulting)."""
+CANCEL_TRANSFER: Final = "cancel_transfer"
+"""args: call_sid. Warm transfer: the target is hung up and the agent is back with the caller (caller unheld).
+result data: call_sid. Refusals as for complete_transfer."""
+HANG_UP: Final = "hang_up"
+"""args: call_sid. Ends the call for the caller too; the agent enters wrap-up. result data: call_sid.
+Refusals: bad_args, unknown_call, not_your_call, call_ended."""
+WRAP_UP: Final = "wrap_up"
+"""args: call_sid, note (the disposition: 1–MAX_NOTE_CHARS characters). Adds the note to the conversation
+(note.added, with call_sid) and makes the agent available again. result data: call_sid, note_id.
+Refusals: bad_args, empty_body, body_too_long, unknown_call, not_in_wrap_up."""
+DECLINE_CALL: Final = "decline_call"
+"""args: call_sid. Declines an auto-offered call; it is offered to the next agent. result data: call_sid.
+Refusals: bad_args, unknown_call, not_offered."""
+SET_PRESENCE: Final = "set_presence"
+"""args: presence ("available" | "away"). Busy and offline are the bridge's to set. result data: agent, presence,
+changed. Refusals: bad_args, agent_busy (on a call or in wrap-up: finish first)."""
+LIST_QUEUES: Final = "list_queues"
+"""args: none ({}). result data: queues [{name, numbers, open_now, waiting, longest_wait (seconds), agents_available}].
+Logs no event. Ask with a fresh id for the current state."""
+VOICE_COMMANDS: Final = frozenset(
+    {
+        ACCEPT_CALL,
+        HOLD_CALL,
+        MUTE_CALL,
+        TRANSFER_CALL,
+        COMPLETE_TRANSFER,
+        CANCEL_TRANSFER,
+        HANG_UP,
+        WRAP_UP,
+        DECLINE_CALL,
+        SET_PRESENCE,
+        LIST_QUEUES,
+    }
+)
+COMMANDS: Final = frozenset({SEND_SMS, ASSIGN, CLAIM, SET_STATUS, ADD_NOTE, LIST_AGENTS}) | VOICE_COMMANDS
 
 MAX_NOTE_CHARS: Final = 4000
 MAX_SNOOZE_DAYS: Final = 90
