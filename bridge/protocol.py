@@ -190,8 +190,7 @@ ADD_NOTE: Final = "add_note"
 result data: note_id, conversation_id, at. Refusals: bad_args, empty_body, body_too_long, unknown_conversation."""
 LIST_AGENTS: Final = "list_agents"
 """args: none ({}). result data: agents [{name, active, presence, has_phone}], by name; never tokens or phones.
-Logs no event. Like every
-command, a resent id gets its first answer: ask with a fresh id for the current list."""
+Logs no event. Like every command, a resent id gets its first answer: ask with a fresh id for the current list."""
 
 # Voice commands. Every refusal carries a sentence an agent can act on; codes are listed per command.
 ACCEPT_CALL: Final = "accept_call"
