@@ -133,6 +133,7 @@ CALL_CHANGES: Final = frozenset(
         "muted",
         "unmuted",
         "transfer_started",
+        "transfer_answered",  # warm transfer: the target answered; the agent and the target talk (state consulting)
         "transfer_failed",  # the target did not answer: cold → front of the queue; warm → back to the agent
         "transfer_completed",  # the target is now the agent on the call (or the call is in another queue)
         "transfer_cancelled",  # warm transfer cancelled: the agent is back with the caller
@@ -156,6 +157,8 @@ PRESENCE_REASONS: Final = frozenset(
         "on_call",  # took or was given a call
         "wrap_up",  # the call ended; busy until wrap_up
         "wrapped_up",  # wrap_up done: back to available
+        "released",  # a call they were being given went elsewhere before they talked to the caller (their phone did
+        # not answer, the transfer was cancelled, the caller hung up): available again
         "connected",  # a console connected (offline → available)
         "disconnected",  # no console for longer than the grace period
     }
