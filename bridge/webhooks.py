@@ -141,6 +141,20 @@ async def accept_webhook(
     """The shape of every Twilio webhook: read, verify, parse, commit, and only then acknowledge."""
     bridge = bridge_of(request)
     try:
+        item, token = await verified(request, parse)
+    except Refusal as refusal:
+        return refusal.response()
+    await bridge.store.write(lambda tx: record(tx, item, token))
+    return twiml()
+
+
+async def verified(request: Request, parse: Callable[[Sequence[tuple[str, str]]], Item]) -> tuple[Item, str | None]:
+    """Read a webhook within limits, check its signature and parse it; returns it with its idempotency token.
+
+    Raises Refusal (logged here) for anything Twilio would not have sent. Voice webhooks use it too.
+    """
+    bridge = bridge_of(request)
+    try:
         body = await read_body(request, bridge.settings.max_body_bytes)
         params, raw_body = parse_params(request.headers.get("content-type", ""), body)
         check_signature(request, bridge.settings, params, raw_body)
@@ -148,14 +162,13 @@ async def accept_webhook(
             item = parse(params)
         except BadWebhook as exc:
             raise Refusal(400, str(exc)) from None
+        token = request.headers.get("i-twilio-idempotency-token") or None
+        if token is not None and len(token) > 200:
+            raise Refusal(400, "I-Twilio-Idempotency-Token is too long")
     except Refusal as refusal:
         log.info("refused %s %s: %s", request.method, request.url.path, refusal.reason)
-        return refusal.response()
-    token = request.headers.get("i-twilio-idempotency-token") or None
-    if token is not None and len(token) > 200:
-        return Refusal(400, "I-Twilio-Idempotency-Token is too long").response()
-    await bridge.store.write(lambda tx: record(tx, item, token))
-    return twiml()
+        raise
+    return item, token
 
 
 async def sms_webhook(request: Request) -> Response:
