@@ -11,6 +11,7 @@ import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +144,81 @@ def m003_batched_search_index(db: sqlite_utils.Database) -> None:
     )
 
 
+@migrations()
+def m004_voice(db: sqlite_utils.Database) -> None:
+    # A call is upserted from each call.updated snapshot (the newest seq wins); ``call_changes`` keeps what happened,
+    # for the thread's timeline. A call and a voicemail also get a row in ``messages`` (direction 'call' or
+    # 'voicemail', empty body) so they sit in the thread's order and paging like any text.
+    db.execute(
+        """CREATE TABLE calls (
+            call_sid TEXT PRIMARY KEY,
+            conversation_id TEXT NOT NULL,
+            twilio_number TEXT NOT NULL,
+            customer_number TEXT NOT NULL,
+            caller_name TEXT,
+            from_city TEXT,
+            from_state TEXT,
+            from_country TEXT,
+            queue TEXT,
+            state TEXT NOT NULL,
+            agent TEXT,
+            on_hold INTEGER NOT NULL DEFAULT 0,
+            muted INTEGER NOT NULL DEFAULT 0,
+            transfer TEXT,                   -- JSON, or NULL
+            offered_to TEXT,
+            offer_expires_at TEXT,
+            queued_at TEXT,
+            answered_at TEXT,
+            ended_at TEXT,
+            outcome TEXT,
+            agents TEXT NOT NULL DEFAULT '[]',
+            reason TEXT,
+            change TEXT NOT NULL,            -- what the last snapshot said just happened
+            changed_at TEXT NOT NULL,        -- when (the event's time)
+            seq INTEGER NOT NULL
+        ) WITHOUT ROWID"""
+    )
+    db.execute("CREATE INDEX calls_live ON calls (queued_at, call_sid) WHERE state != 'ended'")
+    db.execute(
+        """CREATE TABLE call_changes (
+            seq INTEGER PRIMARY KEY,
+            call_sid TEXT NOT NULL,
+            at TEXT NOT NULL,
+            change TEXT NOT NULL,
+            state TEXT NOT NULL,
+            agent TEXT,
+            transfer TEXT,
+            reason TEXT
+        )"""
+    )
+    db.execute("CREATE INDEX call_changes_by_call ON call_changes (call_sid, seq)")
+    db.execute(
+        """CREATE TABLE voicemails (
+            voicemail_id TEXT PRIMARY KEY,
+            call_sid TEXT,
+            conversation_id TEXT NOT NULL,
+            queue TEXT,
+            recording_sid TEXT,
+            recording_url TEXT NOT NULL,
+            duration INTEGER NOT NULL DEFAULT 0,
+            reason TEXT,
+            at TEXT NOT NULL,
+            seq INTEGER NOT NULL
+        ) WITHOUT ROWID"""
+    )
+    db.execute(
+        """CREATE TABLE agents (
+            name TEXT PRIMARY KEY,
+            presence TEXT NOT NULL,
+            reason TEXT,
+            call_sid TEXT,
+            at TEXT NOT NULL
+        ) WITHOUT ROWID"""
+    )
+    db.execute("CREATE TABLE queue_depth (at TEXT NOT NULL, waiting INTEGER NOT NULL)")
+    db.execute("CREATE INDEX queue_depth_by_time ON queue_depth (at)")
+
+
 # Delivery status precedence, as the bridge applies it (statuses arrive already resolved; this guards replays).
 _FAILED = {"failed", "undelivered"}
 
@@ -179,6 +255,95 @@ class MessageRow:
     error_message: str | None
     agent: str | None
     at: str
+
+
+LIVE_CALL_STATES = ("ringing_agent", "connected", "on_hold", "consulting", "transferring")
+"""States in which a call is an agent's (as opposed to waiting in a queue, recording a voicemail, or over)."""
+DEPTH_KEPT = timedelta(hours=1)
+"""How much queue-depth history the cache keeps (the queue header's sparkline)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CallRow:
+    """A call as its latest ``call.updated`` snapshot has it."""
+
+    call_sid: str
+    conversation_id: str
+    twilio_number: str
+    customer_number: str
+    caller_name: str | None
+    from_city: str | None
+    from_state: str | None
+    from_country: str | None
+    queue: str | None
+    state: str
+    agent: str | None
+    on_hold: bool
+    muted: bool
+    transfer: dict[str, Any] | None
+    offered_to: str | None
+    offer_expires_at: str | None
+    queued_at: str | None
+    answered_at: str | None
+    ended_at: str | None
+    outcome: str | None
+    agents: list[str]
+    reason: str | None
+    changed_at: str
+
+    @property
+    def place(self) -> str:
+        """Where the caller is, from Twilio's geo fields: "San Francisco, CA", "GB", or ""."""
+        parts = [p for p in (self.from_city, self.from_state) if p]
+        if not parts and self.from_country:
+            parts = [self.from_country]
+        return ", ".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class CallChange:
+    """One step of a call's timeline."""
+
+    seq: int
+    at: str
+    change: str
+    state: str
+    agent: str | None
+    transfer: dict[str, Any] | None
+    reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class VoicemailRow:
+    voicemail_id: str
+    call_sid: str | None
+    conversation_id: str
+    queue: str | None
+    recording_url: str
+    duration: int
+    reason: str | None
+    at: str
+
+
+@dataclass(frozen=True, slots=True)
+class CallBoard:
+    """What the calls panel shows, read in one go: the queue, this agent's call, presence and queue depth."""
+
+    waiting: list[CallRow]
+    """Calls waiting in a queue, longest-waiting first."""
+    mine: CallRow | None
+    """The call this agent is on, being rung for, consulting on, or wrapping up (see ``wrap_up``)."""
+    mine_since: str | None
+    """When ``mine`` last changed (the state's timer starts there)."""
+    wrap_up: bool
+    """The agent's call has ended and the bridge waits for its wrap-up note."""
+    presence: str | None
+    """This agent's presence (None until the bridge has said)."""
+    agents_available: int
+    depth: list[tuple[str, int]]
+    """(time, calls waiting) at each change over the last hour, oldest first, with the last one before the hour."""
+    offered: CallRow | None = None
+    """A call auto-offered to this agent, if any."""
 
 
 def _connect(path: Path | str) -> sqlite3.Connection:
@@ -260,6 +425,7 @@ class Cache:
                     cursor = event.seq
                     applied.append(event)
                 batch.flush()
+                batch.prune_depth()
                 _index_new_messages(conn)
                 conn.execute(
                     "INSERT INTO meta (key, value) VALUES ('cursor', ?) "
@@ -410,11 +576,150 @@ class Cache:
         )
         return {r[0]: (r[1], r[2]) for r in rows}
 
+    # -- calls -----------------------------------------------------------------------------------------------
+
+    def call(self, call_sid: str) -> CallRow | None:
+        row = self.conn().execute(f"SELECT {_CALL_READ} FROM calls WHERE call_sid = ?", (call_sid,)).fetchone()
+        return None if row is None else _call(row)
+
+    def calls(self, call_sids: Iterable[str]) -> dict[str, tuple[CallRow, list[CallChange]]]:
+        """Calls by SID with their timelines (for the thread), in two queries."""
+        wanted = list(dict.fromkeys(call_sids))
+        if not wanted:
+            return {}
+        marks = ",".join("?" * len(wanted))
+        conn = self.conn()
+        found: dict[str, tuple[CallRow, list[CallChange]]] = {
+            r[0]: (_call(r), [])
+            for r in conn.execute(f"SELECT {_CALL_READ} FROM calls WHERE call_sid IN ({marks})", wanted)
+        }
+        timeline: dict[str, list[CallChange]] = {sid: changes for sid, (_, changes) in found.items()}
+        for r in conn.execute(
+            "SELECT call_sid, seq, at, change, state, agent, transfer, reason FROM call_changes "
+            f"WHERE call_sid IN ({marks}) ORDER BY call_sid, seq",
+            wanted,
+        ):
+            if r[0] in timeline:
+                timeline[r[0]].append(
+                    CallChange(r[1], r[2], r[3], r[4], r[5], json.loads(r[6]) if r[6] else None, r[7])
+                )
+        return found
+
+    def voicemails(self, voicemail_ids: Iterable[str]) -> dict[str, VoicemailRow]:
+        wanted = list(dict.fromkeys(voicemail_ids))
+        if not wanted:
+            return {}
+        marks = ",".join("?" * len(wanted))
+        rows = self.conn().execute(
+            "SELECT voicemail_id, call_sid, conversation_id, queue, recording_url, duration, reason, at "
+            f"FROM voicemails WHERE voicemail_id IN ({marks})",
+            wanted,
+        )
+        return {r[0]: VoicemailRow(*r) for r in rows}
+
+    def call_board(self, agent: str | None, now: datetime | None = None) -> CallBoard:
+        """The calls panel's state for ``agent``, from the live calls' index, the agents and the last hour."""
+        conn = self.conn()
+        live = [
+            _call(r)
+            for r in conn.execute(f"SELECT {_CALL_READ} FROM calls WHERE state != 'ended' ORDER BY queued_at, call_sid")
+        ]
+        waiting = [c for c in live if c.state == "queued"]
+        me = agent or ""
+        presence_row = conn.execute("SELECT presence, reason, call_sid FROM agents WHERE name = ?", (me,)).fetchone()
+        mine: CallRow | None = None
+        wrap_up = False
+        for call in live:
+            if call.state in LIVE_CALL_STATES and (
+                call.agent == me
+                or (
+                    call.transfer is not None
+                    and call.transfer.get("target") == me
+                    and call.transfer.get("target_kind") == "agent"
+                )
+            ):
+                mine = call
+                break
+        if mine is None and presence_row is not None and presence_row[1] == "wrap_up" and presence_row[2]:
+            mine = self.call(str(presence_row[2]))
+            wrap_up = mine is not None
+        since = None
+        if mine is not None:
+            found = conn.execute(
+                "SELECT at FROM call_changes WHERE call_sid = ? AND change NOT IN ('muted', 'unmuted') "
+                "ORDER BY seq DESC LIMIT 1",
+                (mine.call_sid,),
+            ).fetchone()
+            since = found[0] if found else mine.changed_at
+        offered = next((c for c in waiting if c.offered_to == me and me), None)
+        available = int(conn.execute("SELECT count(*) FROM agents WHERE presence = 'available'").fetchone()[0])
+        start = _iso_minus(_stamp(now), DEPTH_KEPT) if now is not None else None
+        if start is None:
+            newest = conn.execute("SELECT max(at) FROM queue_depth").fetchone()[0]
+            start = _iso_minus(newest, DEPTH_KEPT) if newest else None
+        depth = [
+            (str(r[0]), int(r[1]))
+            for r in conn.execute(
+                "SELECT at, waiting FROM queue_depth WHERE at >= coalesce((SELECT max(at) FROM queue_depth "
+                "WHERE at <= ?), '') ORDER BY at, rowid",
+                (start or "",),
+            )
+        ]
+        return CallBoard(
+            waiting=waiting,
+            mine=mine,
+            mine_since=since,
+            wrap_up=wrap_up,
+            presence=str(presence_row[0]) if presence_row else None,
+            agents_available=available,
+            depth=depth,
+            offered=offered,
+        )
+
     def close(self) -> None:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is not None:
             conn.close()
             self._local.conn = None
+
+
+_CALL_READ = (
+    "call_sid, conversation_id, twilio_number, customer_number, caller_name, from_city, from_state, from_country, "
+    "queue, state, agent, on_hold, muted, transfer, offered_to, offer_expires_at, queued_at, answered_at, ended_at, "
+    "outcome, agents, reason, changed_at"
+)
+
+
+def _call(row: sqlite3.Row) -> CallRow:
+    return CallRow(
+        call_sid=row[0],
+        conversation_id=row[1],
+        twilio_number=row[2],
+        customer_number=row[3],
+        caller_name=row[4],
+        from_city=row[5],
+        from_state=row[6],
+        from_country=row[7],
+        queue=row[8],
+        state=row[9],
+        agent=row[10],
+        on_hold=bool(row[11]),
+        muted=bool(row[12]),
+        transfer=json.loads(row[13]) if row[13] else None,
+        offered_to=row[14],
+        offer_expires_at=row[15],
+        queued_at=row[16],
+        answered_at=row[17],
+        ended_at=row[18],
+        outcome=row[19],
+        agents=[str(a) for a in json.loads(row[20] or "[]")],
+        reason=row[21],
+        changed_at=row[22],
+    )
+
+
+def _stamp(when: datetime) -> str:
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 class GapError(RuntimeError):
@@ -519,14 +824,101 @@ class _Summary:
         self.unread_reset, self.unread_added = True, 0
         self.waiting = ("clear", None)
 
+    def call(self, at: str | None, preview: str | None, added: int) -> None:
+        """A call changed: ``at`` moves the conversation up the inbox (its start and its end), ``preview`` says
+        where the call stands; unread and waiting are the texts' business."""
+        if at is not None:
+            self.last_at = max(self.last_at, at)
+        if preview is not None:
+            self.preview, self.direction = preview, "call"
+        self.added += added
+
+    def voicemail(self, at: str, preview: str) -> None:
+        """A voicemail asks for an answer like a text does."""
+        self.inbound(at, preview)
+        self.direction = "voicemail"
+
+
+_CALL_COLUMNS = (
+    "call_sid, conversation_id, twilio_number, customer_number, caller_name, from_city, from_state, from_country, "
+    "queue, state, agent, on_hold, muted, transfer, offered_to, offer_expires_at, queued_at, answered_at, ended_at, "
+    "outcome, agents, reason, change, changed_at, seq"
+)
+_CALL_UPSERT = (
+    f"INSERT INTO calls ({_CALL_COLUMNS}) VALUES ({', '.join('?' * 25)}) ON CONFLICT(call_sid) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in _CALL_COLUMNS.split(", ")[1:])
+    + " WHERE excluded.seq > calls.seq"
+)
+
+
+@dataclass(slots=True)
+class _KnownCall:
+    """What a batch knows of a call: enough to count the queue and to drop a snapshot that repeats the last."""
+
+    seq: int
+    state: str
+    signature: tuple[Any, ...]
+
 
 class _Batch:
-    """Conversation rows touched by a batch of messages, written with one UPDATE each."""
+    """Conversation rows touched by a batch of messages, written with one UPDATE each; calls folded the same way
+    (the newest snapshot of each call written once, its timeline rows and queue-depth samples in one go)."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
         self.pending: dict[str, _Summary] = {}
         self.known: set[str] = set()
+        self.calls: dict[str, tuple[Any, ...]] = {}
+        self.call_known: dict[str, _KnownCall | None] = {}
+        self.changes: list[tuple[Any, ...]] = []
+        self.depth: list[tuple[str, int]] = []
+        self.depth_added = False
+        self.waiting: int | None = None
+
+    def known_call(self, call_sid: str) -> _KnownCall | None:
+        if call_sid not in self.call_known:
+            row = self.conn.execute(
+                "SELECT seq, state, change, agent, on_hold, muted, transfer, offered_to, queue, outcome "
+                "FROM calls WHERE call_sid = ?",
+                (call_sid,),
+            ).fetchone()
+            self.call_known[call_sid] = (
+                None if row is None else _KnownCall(row[0], row[1], (row[2], row[1], *tuple(row)[3:]))
+            )
+        return self.call_known[call_sid]
+
+    def queue_waiting(self) -> int:
+        if self.waiting is None:
+            self.waiting = int(self.conn.execute("SELECT count(*) FROM calls WHERE state = 'queued'").fetchone()[0])
+        return self.waiting
+
+    def _flush_calls(self) -> None:
+        if self.calls:
+            self.conn.executemany(_CALL_UPSERT, list(self.calls.values()))
+            self.calls.clear()
+        if self.changes:
+            self.conn.executemany(
+                "INSERT INTO call_changes (seq, call_sid, at, change, state, agent, transfer, reason) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(seq) DO NOTHING",
+                self.changes,
+            )
+            self.changes.clear()
+        if self.depth:
+            self.conn.executemany("INSERT INTO queue_depth (at, waiting) VALUES (?, ?)", self.depth)
+            self.depth.clear()
+            self.depth_added = True
+
+    def prune_depth(self) -> None:
+        """Forget queue-depth samples older than the hour the sparkline shows, but the last one before it (the
+        level the hour started at)."""
+        if not self.depth_added:
+            return
+        newest = self.conn.execute("SELECT max(at) FROM queue_depth").fetchone()[0]
+        start = _iso_minus(newest, DEPTH_KEPT) if newest else None
+        if start is not None:
+            self.conn.execute(
+                "DELETE FROM queue_depth WHERE at < (SELECT max(at) FROM queue_depth WHERE at <= ?)", (start,)
+            )
 
     def conversation(self, d: dict[str, Any], at: str) -> _Summary:
         cid = d["conversation_id"]
@@ -536,16 +928,21 @@ class _Batch:
         return self.pending.setdefault(cid, _Summary())
 
     def flush(self) -> None:
+        self._flush_calls()
         for cid, row in self.pending.items():
             op, since = row.waiting or ("keep", None)
             self.conn.execute(
-                "UPDATE conversations SET last_at = ?, last_preview = ?, last_direction = ?, "
+                "UPDATE conversations SET last_at = max(last_at, ?), "
+                "last_preview = CASE WHEN ? = '' THEN last_preview ELSE ? END, "
+                "last_direction = CASE WHEN ? = '' THEN last_direction ELSE ? END, "
                 "message_count = message_count + ?, unread = CASE WHEN ? THEN 0 ELSE unread END + ?, "
                 "waiting_since = CASE ? WHEN 'clear' THEN NULL WHEN 'set' THEN ? "
                 "WHEN 'coalesce' THEN coalesce(waiting_since, ?) ELSE waiting_since END WHERE id = ?",
                 (
                     row.last_at,
+                    row.direction,
                     row.preview,
+                    row.direction,
                     row.direction,
                     row.added,
                     row.unread_reset,
@@ -599,6 +996,20 @@ def _apply_one(batch: _Batch, event: protocol.Event) -> None:
         )
         summary.outbound(event.ts, _preview(d.get("body", ""), d.get("media", [])))
         return
+    if kind == protocol.CALL_UPDATED:
+        _apply_call(batch, event)
+        return
+    if kind == protocol.VOICEMAIL_RECORDED:
+        _apply_voicemail(batch, event)
+        return
+    if kind == protocol.AGENT_PRESENCE:
+        conn.execute(
+            "INSERT INTO agents (name, presence, reason, call_sid, at) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT(name) DO UPDATE SET presence = excluded.presence, reason = excluded.reason, "
+            "call_sid = excluded.call_sid, at = excluded.at",
+            (d["agent"], d["presence"], d.get("reason"), d.get("call_sid"), d.get("at") or event.ts),
+        )
+        return
     if kind not in (protocol.MESSAGE_SUBMITTED, protocol.MESSAGE_STATUS):
         batch.flush()  # events below read or set the columns the summaries write: keep their order
     if kind == protocol.MESSAGE_SUBMITTED:
@@ -636,9 +1047,201 @@ def _apply_one(batch: _Batch, event: protocol.Event) -> None:
         )
     elif kind == protocol.NOTE_ADDED:
         conn.execute(
-            "INSERT INTO messages (id, conversation_id, direction, body, status, agent, at, seq) "
-            "VALUES (?, ?, 'note', ?, NULL, ?, ?, ?) ON CONFLICT(id) DO NOTHING",
-            (d["note_id"], d["conversation_id"], d.get("body", ""), d.get("agent"), d.get("at") or event.ts, event.seq),
+            # A wrap-up note keeps its call's SID (in ``sid``, otherwise unused for notes) so the thread can say so.
+            "INSERT INTO messages (id, sid, conversation_id, direction, body, status, agent, at, seq) "
+            "VALUES (?, ?, ?, 'note', ?, NULL, ?, ?, ?) ON CONFLICT(id) DO NOTHING",
+            (
+                d["note_id"],
+                d.get("call_sid"),
+                d["conversation_id"],
+                d.get("body", ""),
+                d.get("agent"),
+                d.get("at") or event.ts,
+                event.seq,
+            ),
         )
         conn.execute("UPDATE conversations SET message_count = message_count + 1 WHERE id = ?", (d["conversation_id"],))
     # Unknown types come from a newer bridge: the cursor moves past them; nothing here depends on them.
+
+
+def _iso_minus(iso: str, delta: timedelta) -> str | None:
+    """An ISO time from the bridge, ``delta`` earlier, in the bridge's own format (so strings compare as times)."""
+    when = _parse_time(iso)
+    if when is None:
+        return None
+    return (when - delta).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def _parse_time(iso: str | None) -> datetime | None:
+    if not iso:
+        return None
+    try:
+        value = datetime.fromisoformat(iso.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _seconds_between(start: str | None, end: str | None) -> int | None:
+    a, b = _parse_time(start), _parse_time(end)
+    if a is None or b is None:
+        return None
+    return max(0, int((b - a).total_seconds()))
+
+
+def talk_time(seconds: int) -> str:
+    """A call's length as the inbox and the thread say it: "42s", "3m 12s", "1h 02m"."""
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m {seconds % 60:02d}s"
+    return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
+
+
+def clock_time(seconds: int) -> str:
+    """A recording's or a wait's length: "0:42", "12:05", "1:02:05"."""
+    if seconds >= 3600:
+        return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def call_preview(d: dict[str, Any]) -> str | None:
+    """The inbox's line for a call as it stands (None: leave the line to the voicemail that follows)."""
+    state, agent, queue = d.get("state"), d.get("agent"), d.get("queue")
+    if state == "queued":
+        return f"📞 Calling · waiting in {queue}" if queue else "📞 Calling · waiting"
+    if state == "ringing_agent":
+        return f"📞 Calling · ringing {agent}" if agent else "📞 Calling"
+    if state in LIVE_CALL_STATES:
+        return f"📞 On a call with {agent}" if agent else "📞 On a call"
+    if state == "voicemail":
+        return "📞 Leaving a voicemail"
+    outcome = d.get("outcome")
+    if outcome == "voicemail":
+        return None
+    agents = [str(a) for a in d.get("agents") or []]
+    if outcome == "answered" or (outcome is None and agents):
+        talked = _seconds_between(d.get("answered_at"), d.get("ended_at"))
+        who = f" · answered by {agents[0]}" if agents else ""
+        if len(agents) > 1:
+            who += f" → {agents[-1]}"
+        return f"📞 Call · {talk_time(talked)}{who}" if talked is not None else f"📞 Call{who}"
+    if outcome == "transferred_out":
+        target = (d.get("transfer") or {}).get("target")
+        return f"📞 Call · transferred to {target}" if target else "📞 Call · transferred out"
+    if outcome == "failed":
+        return "📞 Call failed"
+    waited = _seconds_between(d.get("queued_at"), d.get("ended_at"))
+    return f"📞 Missed call · hung up after {clock_time(waited)}" if waited is not None else "📞 Missed call"
+
+
+def _apply_call(batch: _Batch, event: protocol.Event) -> None:
+    d = event.data
+    sid = str(d["call_sid"])
+    known = batch.known_call(sid)
+    if known is not None and event.seq <= known.seq:
+        return  # an older snapshot than the one kept: it changes nothing
+    state = str(d["state"])
+    transfer = d.get("transfer")
+    transfer_json = json.dumps(transfer, ensure_ascii=False, sort_keys=True) if transfer else None
+    change = str(d.get("change") or "")
+    signature = (
+        change,
+        state,
+        d.get("agent"),
+        int(bool(d.get("on_hold"))),
+        int(bool(d.get("muted"))),
+        transfer_json,
+        d.get("offered_to"),
+        d.get("queue"),
+        d.get("outcome"),
+    )
+    at = event.ts
+    new = known is None
+    if new:
+        at_first = str(d.get("queued_at") or at)
+        summary = batch.conversation(d, at_first)
+        if d.get("caller_name"):  # Twilio's caller name is the best name we have until an agent knows better
+            batch.conn.execute(
+                "UPDATE conversations SET customer_name = ? WHERE id = ? AND customer_name IS NULL",
+                (d["caller_name"], d["conversation_id"]),
+            )
+        inserted = batch.conn.execute(
+            "INSERT INTO messages (id, sid, conversation_id, direction, body, status, agent, at, seq) "
+            "VALUES (?, ?, ?, 'call', '', ?, ?, ?, ?) ON CONFLICT(id) DO NOTHING",
+            (sid, sid, d["conversation_id"], state, d.get("agent"), at_first, event.seq),
+        ).rowcount
+    else:
+        summary = batch.conversation(d, at)
+        inserted = 0
+    ended = state == "ended"
+    summary.call(at if new or ended else None, call_preview(d), inserted)
+    before = known.state if known is not None else None
+    if (before == "queued") != (state == "queued"):
+        waiting = batch.queue_waiting() + (1 if state == "queued" else -1)
+        batch.waiting = max(0, waiting)
+        batch.depth.append((at, batch.waiting))
+    if known is None or signature != known.signature:
+        batch.changes.append((event.seq, sid, at, change, state, d.get("agent"), transfer_json, d.get("reason")))
+    batch.call_known[sid] = _KnownCall(event.seq, state, signature)
+    batch.calls[sid] = (
+        sid,
+        d["conversation_id"],
+        d["twilio_number"],
+        d["customer_number"],
+        d.get("caller_name"),
+        d.get("from_city"),
+        d.get("from_state"),
+        d.get("from_country"),
+        d.get("queue"),
+        state,
+        d.get("agent"),
+        int(bool(d.get("on_hold"))),
+        int(bool(d.get("muted"))),
+        transfer_json,
+        d.get("offered_to"),
+        d.get("offer_expires_at"),
+        d.get("queued_at"),
+        d.get("answered_at"),
+        d.get("ended_at"),
+        d.get("outcome"),
+        json.dumps(list(d.get("agents") or []), ensure_ascii=False),
+        d.get("reason"),
+        change,
+        at,
+        event.seq,
+    )
+
+
+def _apply_voicemail(batch: _Batch, event: protocol.Event) -> None:
+    d = event.data
+    at = str(d.get("at") or event.ts)
+    url = str(d.get("recording_url") or "")
+    duration = int(d.get("duration") or 0)
+    summary = batch.conversation(d, at)
+    inserted = batch.conn.execute(
+        "INSERT INTO voicemails (voicemail_id, call_sid, conversation_id, queue, recording_sid, recording_url, "
+        "duration, reason, at, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(voicemail_id) DO NOTHING",
+        (
+            d["voicemail_id"],
+            d.get("call_sid"),
+            d["conversation_id"],
+            d.get("queue"),
+            d.get("recording_sid"),
+            url,
+            duration,
+            d.get("reason"),
+            at,
+            event.seq,
+        ),
+    ).rowcount
+    if not inserted:
+        return
+    # The recording as an attachment (Twilio serves it with ".mp3" appended), so "open attachment" plays it.
+    media = [{"url": f"{url}.mp3", "content_type": "audio/mpeg"}] if url else []
+    batch.conn.execute(
+        "INSERT INTO messages (id, sid, conversation_id, direction, body, media, status, at, seq) "
+        "VALUES (?, ?, ?, 'voicemail', '', ?, NULL, ?, ?) ON CONFLICT(id) DO NOTHING",
+        (d["voicemail_id"], d.get("call_sid"), d["conversation_id"], json.dumps(media), at, event.seq),
+    )
+    summary.voicemail(at, f"Voicemail {clock_time(duration)}")

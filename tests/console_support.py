@@ -142,6 +142,152 @@ class EventLog:
         return cid
 
 
+@dataclass
+class CallLog:
+    """Builds the voice events of bridge/protocol.py on an EventLog: whole-call snapshots, voicemails, presence."""
+
+    log: EventLog
+    calls: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def start(
+        self,
+        number: str,
+        at: datetime,
+        queue: str = "support",
+        caller_name: str | None = None,
+        city: str | None = "San Francisco",
+        state: str | None = "CA",
+        country: str | None = "US",
+    ) -> str:
+        sid = self.log._id("CA")
+        self.calls[sid] = {
+            "call_sid": sid,
+            "conversation_id": conversation_id(OUR_NUMBER, number),
+            "twilio_number": OUR_NUMBER,
+            "customer_number": number,
+            "caller_name": caller_name,
+            "from_city": city,
+            "from_state": state,
+            "from_country": country,
+            "queue": queue,
+            "state": "queued",
+            "agent": None,
+            "on_hold": False,
+            "muted": False,
+            "transfer": None,
+            "offered_to": None,
+            "offer_expires_at": None,
+            "queued_at": iso(at),
+            "answered_at": None,
+            "ended_at": None,
+            "outcome": None,
+            "agents": [],
+            "reason": None,
+        }
+        self.emit(sid, "queued", at)
+        return sid
+
+    def update(self, sid: str, change: str, at: datetime, **fields: Any) -> protocol.Event:
+        call = self.calls[sid]
+        call.update(fields)
+        return self.emit(sid, change, at)
+
+    def emit(self, sid: str, change: str, at: datetime) -> protocol.Event:
+        return self.log.add(protocol.CALL_UPDATED, at, {**self.calls[sid], "change": change})
+
+    def answer(self, sid: str, agent: str, at: datetime) -> None:
+        """Accepted by ``agent``, whose phone rings for 5 s, then connected (and the agent marked busy)."""
+        self.update(sid, "accepted", at, state="ringing_agent", agent=agent, queue=None)
+        self.presence(agent, "busy", "on_call", at, sid)
+        self.update(
+            sid,
+            "connected",
+            at + timedelta(seconds=5),
+            state="connected",
+            answered_at=iso(at + timedelta(seconds=5)),
+            agents=[*self.calls[sid]["agents"], agent],
+        )
+
+    def end(self, sid: str, at: datetime, outcome: str = "answered") -> None:
+        self.update(sid, "ended", at, state="ended", ended_at=iso(at), outcome=outcome, on_hold=False)
+
+    def presence(self, agent: str, presence: str, reason: str, at: datetime, sid: str | None = None) -> None:
+        self.log.add(
+            protocol.AGENT_PRESENCE,
+            at,
+            {"agent": agent, "presence": presence, "previous": None, "reason": reason, "call_sid": sid, "at": iso(at)},
+        )
+
+    def voicemail(self, sid: str, at: datetime, duration: int = 42, reason: str = "longest wait") -> str:
+        call = self.calls[sid]
+        vid = self.log._id("VM")
+        self.log.add(
+            protocol.VOICEMAIL_RECORDED,
+            at,
+            {
+                "voicemail_id": vid,
+                "call_sid": sid,
+                "conversation_id": call["conversation_id"],
+                "twilio_number": OUR_NUMBER,
+                "customer_number": call["customer_number"],
+                "queue": call["queue"] or "support",
+                "recording_sid": self.log._id("RE"),
+                "recording_url": f"https://api.twilio.com/2010-04-01/Accounts/AC0/Recordings/RE{vid[2:]}",
+                "duration": duration,
+                "reason": reason,
+                "at": iso(at),
+            },
+        )
+        return vid
+
+
+def calls_events(
+    base: list[protocol.Event] | None = None, waiting: int = 3, mine: str | None = "on_hold"
+) -> list[protocol.Event]:
+    """Voice after the demo's texts: callers waiting (one with a name, one from abroad), this agent's call in the
+    state ``mine`` (or none), a colleague's call, an earlier answered call, a voicemail and the queue's last hour."""
+    log = EventLog()
+    log.seq = base[-1].seq if base else 0
+    calls = CallLog(log)
+    for agent in ("you", "ana", "bob", "chen", "dee"):
+        calls.presence(agent, "available", "connected", NOW - timedelta(hours=2))
+    calls.presence("chen", "away", "agent", NOW - timedelta(hours=1))
+    earlier = calls.start(customer(100), NOW - timedelta(minutes=75), caller_name="Maya Chen")
+    calls.answer(earlier, "ana", NOW - timedelta(minutes=74))
+    calls.end(earlier, NOW - timedelta(minutes=70, seconds=48))
+    calls.presence("ana", "available", "wrapped_up", NOW - timedelta(minutes=70))
+    missed = calls.start(customer(107), NOW - timedelta(minutes=50), city="Chicago", state="IL")
+    calls.update(missed, "voicemail_started", NOW - timedelta(minutes=45), state="voicemail", queue="support")
+    calls.voicemail(missed, NOW - timedelta(minutes=44), duration=42)
+    calls.end(missed, NOW - timedelta(minutes=44), outcome="voicemail")
+    # A burst in the last hour for the sparkline: calls that came and were answered.
+    for n in range(6):
+        sid = calls.start(customer(300 + n), NOW - timedelta(minutes=40 - n * 4))
+        calls.answer(sid, "bob", NOW - timedelta(minutes=38 - n * 4))
+        calls.end(sid, NOW - timedelta(minutes=35 - n * 4))
+        calls.presence("bob", "available", "wrapped_up", NOW - timedelta(minutes=34 - n * 4))
+    colleague = calls.start(customer(410), NOW - timedelta(minutes=9), city="Seattle", state="WA")
+    calls.answer(colleague, "bob", NOW - timedelta(minutes=8))
+    if mine is not None:
+        sid = calls.start(customer(114), NOW - timedelta(minutes=6), caller_name="Jordan Alvarez")
+        calls.answer(sid, "you", NOW - timedelta(minutes=5, seconds=30))
+        if mine == "on_hold":
+            calls.update(sid, "held", NOW - timedelta(seconds=47), state="on_hold", on_hold=True)
+    callers = [
+        (customer(121), "Priya Natarajan", "New York", "NY", "US", "support"),
+        ("+442079460958", None, None, None, "GB", "support"),
+        (customer(135), None, "Austin", "TX", "US", "billing"),
+        (customer(142), None, None, None, None, "support"),
+    ]
+    for n in range(waiting):
+        number, name, city, state, country, queue = callers[n % len(callers)]
+        if n >= len(callers):
+            number = customer(500 + n)
+        at = NOW - timedelta(seconds=252 - n * 61) if n < 4 else NOW - timedelta(seconds=max(1, 30 - n % 30))
+        calls.start(number, at, queue=queue, caller_name=name, city=city, state=state, country=country)
+    return log.events
+
+
 def demo_events(conversations: int = 12, seed: int = 7) -> list[protocol.Event]:
     """A small, realistic morning: some answered, some waiting, a failure, an opt-out, an MMS."""
     rng = random.Random(seed)
