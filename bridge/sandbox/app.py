@@ -1,4 +1,4 @@
-"""The sandbox as a Starlette app (REST subset, signed webhooks, simulated customers), and ``serve()``."""
+"""The sandbox as a Starlette app (REST subset, signed webhooks, simulated customers and callers), and ``serve()``."""
 
 from __future__ import annotations
 
@@ -15,11 +15,13 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from bridge.sandbox import media, messaging
+from bridge.sandbox import callers, media, messaging, voice_rest
+from bridge.sandbox.callers import CallerTraffic
 from bridge.sandbox.config import SandboxConfig, config_of
 from bridge.sandbox.customers import CustomerTraffic
 from bridge.sandbox.messaging import Messaging
 from bridge.sandbox.rest import API_ROOT, api_endpoint, unknown_resource
+from bridge.sandbox.voice import Voice
 from bridge.sandbox.webhooks import WebhookPoster
 
 __all__ = ["SandboxConfig", "SandboxState", "create_sandbox_app", "serve"]
@@ -33,6 +35,8 @@ class SandboxState(TypedDict):
     webhooks: WebhookPoster
     messaging: Messaging
     customers: CustomerTraffic
+    voice: Voice
+    callers: CallerTraffic
 
 
 def webhooks_of(conn: HTTPConnection) -> WebhookPoster:
@@ -48,14 +52,18 @@ async def index(request: Request) -> Response:
             "support_numbers": list(config.support_numbers),
             "messaging_service_sid": config.messaging_service_sid,
             "sms_webhook": config.sms_url,
+            "voice_webhook": config.voice_url,
+            "voice_status_callback": config.voice_status_url,
             "api_base": str(request.base_url).rstrip("/"),
             "endpoints": [
                 f"POST {API_ROOT}/Accounts/{{AccountSid}}/Messages.json",
                 f"GET {API_ROOT}/Accounts/{{AccountSid}}/Messages.json",
                 f"GET|POST {API_ROOT}/Accounts/{{AccountSid}}/Messages/{{Sid}}.json",
+                *voice_rest.endpoint_list(),
                 "POST /sandbox/sms (from, to, body, media_url)",
                 "GET /sandbox/messages (to, from)",
-                "GET /sandbox/webhooks (message_sid, kind)",
+                *callers.ENDPOINTS,
+                "GET /sandbox/webhooks (message_sid, call_sid, kind)",
                 "GET /sandbox/media/{name}.png",
             ],
         }
@@ -63,10 +71,11 @@ async def index(request: Request) -> Response:
 
 
 async def webhook_log(request: Request) -> Response:
-    """GET /sandbox/webhooks: each webhook delivery attempt, oldest first; filters: message_sid, kind."""
+    """GET /sandbox/webhooks: each webhook delivery attempt, oldest first; filters: message_sid, call_sid, kind."""
     attempts = webhooks_of(request).attempts(
         message_sid=request.query_params.get("message_sid") or None,
         kind=request.query_params.get("kind") or None,
+        call_sid=request.query_params.get("call_sid") or None,
     )
     return JSONResponse([attempt.to_json() for attempt in attempts])
 
@@ -87,7 +96,10 @@ def create_sandbox_app(config: SandboxConfig) -> Starlette:
             )
             sms = Messaging(config, webhooks)
             customers = CustomerTraffic(config, sms)
+            voice = Voice(config, webhooks)
+            traffic = CallerTraffic(config, voice)
             customers.start()
+            traffic.start()
             try:
                 yield {
                     "config": config,
@@ -95,17 +107,23 @@ def create_sandbox_app(config: SandboxConfig) -> Starlette:
                     "webhooks": webhooks,
                     "messaging": sms,
                     "customers": customers,
+                    "voice": voice,
+                    "callers": traffic,
                 }
             finally:
+                await traffic.close()
                 await customers.close()
+                await voice.close()
                 await sms.close()
 
     routes = [
         Route("/sandbox", index, methods=["GET"]),
         Route("/sandbox/webhooks", webhook_log, methods=["GET"]),
         *messaging.routes(),
+        *voice_rest.routes(),
+        *callers.routes(),
         *media.routes(),
-        # Everything else under the API root is Twilio's authenticated 404 (Calls, Queues… arrive with voice).
+        # Everything else under the API root is Twilio's authenticated 404.
         Route(f"{API_ROOT}/{{rest:path}}", api_endpoint(unknown_resource), methods=["GET", "POST", "DELETE"]),
     ]
     return Starlette(routes=routes, lifespan=lifespan)

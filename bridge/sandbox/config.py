@@ -79,6 +79,33 @@ class SandboxConfig:
     """Share (0-1) of status callbacks delivered twice, as multi-segment texts and carrier retries do."""
     reorder_callback_share: float = 0.0
     """Share (0-1) of texts whose ``sent`` callback arrives after the final one (Twilio promises no order)."""
+    voice_path: str = "/twilio/voice"
+    """The path of the team numbers' voice webhook (Twilio's "A call comes in" URL) on the bridge."""
+    voice_status_path: str = "/twilio/voice/status"
+    """Where inbound calls' progress goes (a number's "Call status changes" URL): initiated to completed."""
+    voice_time_scale: float = 1.0
+    """Real seconds per simulated second. Every voice duration below is simulated; tests run at 0.01 or so.
+    Durations the sandbox reports (CallDuration, QueueTime, RecordingDuration…) are simulated seconds too."""
+    speech_seconds_per_char: float = 0.07
+    """How long ``<Say>`` takes per character: about 150 words a minute."""
+    play_seconds: float = 8.0
+    """How long one ``<Play>`` of an audio file lasts (the sandbox never downloads it)."""
+    ring_seconds: float = 4.0
+    """How long an agent's phone rings before it answers, unless ``POST /sandbox/phones`` says otherwise."""
+    phones_answer: bool = True
+    """Whether phones nobody configured answer at all; False leaves every call to them ringing out."""
+    caller_patience: float | None = 90.0
+    """Seconds a simulated caller waits in a queue before hanging up; None: they wait forever."""
+    caller_talk_seconds: float | None = 45.0
+    """Seconds a simulated caller talks once connected to someone, then hangs up; None: until hung up on."""
+    voicemail_seconds: float = 6.0
+    """Seconds a simulated caller speaks into ``<Record>`` before hanging up."""
+    caller_rate: float = 0.0
+    """Simulated callers' calls per minute to the team's numbers (seeded); 0 turns them off."""
+    voice_duplicate_callback_share: float = 0.0
+    """Share (0-1) of call and conference status callbacks delivered twice."""
+    voice_reorder_callback_share: float = 0.0
+    """Share (0-1) of call and conference status callbacks held back and delivered after the next one."""
     webhook_timeout: float = 15.0
     """Seconds the sandbox waits for the bridge to answer a webhook: Twilio's total budget is 15 s."""
     webhook_log_size: int = 10_000
@@ -109,7 +136,13 @@ class SandboxConfig:
         for number in (*self.support_numbers, *self.unreachable_numbers):
             if not is_e164(number):
                 found.append(f"{number!r} is not a valid phone number in E.164 form")
-        for name in ("undelivered_share", "duplicate_callback_share", "reorder_callback_share"):
+        for name in (
+            "undelivered_share",
+            "duplicate_callback_share",
+            "reorder_callback_share",
+            "voice_duplicate_callback_share",
+            "voice_reorder_callback_share",
+        ):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 found.append(f"{name} must be between 0 and 1, not {value}")
@@ -119,9 +152,21 @@ class SandboxConfig:
             "accepted_delay",
             "customer_rate",
             "customer_reply_delay",
+            "speech_seconds_per_char",
+            "play_seconds",
+            "ring_seconds",
+            "voicemail_seconds",
+            "caller_rate",
         ):
             if getattr(self, name) < 0:
                 found.append(f"{name} must not be negative")
+        for name in ("caller_patience", "caller_talk_seconds"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                found.append(f"{name} must not be negative")
+        if self.voice_time_scale <= 0:
+            # Zero would make every simulated wait instant, and wait-music loops would spin the event loop.
+            found.append("voice_time_scale must be positive")
         if self.webhook_timeout <= 0:
             found.append("webhook_timeout must be positive")
         return found
@@ -130,6 +175,16 @@ class SandboxConfig:
     def sms_url(self) -> str | None:
         """Where inbound texts are posted, or None when there is no bridge."""
         return f"{self.bridge_url.rstrip('/')}{self.sms_path}" if self.bridge_url else None
+
+    @property
+    def voice_url(self) -> str | None:
+        """Where inbound calls ask for their TwiML, or None when there is no bridge."""
+        return f"{self.bridge_url.rstrip('/')}{self.voice_path}" if self.bridge_url else None
+
+    @property
+    def voice_status_url(self) -> str | None:
+        """Where inbound calls' status callbacks go, or None when there is no bridge."""
+        return f"{self.bridge_url.rstrip('/')}{self.voice_status_path}" if self.bridge_url else None
 
     @property
     def media_base_url(self) -> str:

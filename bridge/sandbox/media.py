@@ -1,10 +1,13 @@
-"""Media the sandbox hosts itself, so the MediaUrls in simulated MMS resolve: small generated PNG pictures."""
+"""Media the sandbox hosts itself: generated PNG pictures for simulated MMS, WAV audio for recordings."""
 
 from __future__ import annotations
 
 import hashlib
+import io
+import math
 import re
 import struct
+import wave
 import zlib
 
 from starlette.requests import Request
@@ -40,6 +43,34 @@ def picture(name: str, size: int = SIZE) -> bytes:
         + _chunk(b"IDAT", zlib.compress(b"".join(rows)))
         + _chunk(b"IEND", b"")
     )
+
+
+WAV_RATE = 8000
+MAX_WAV_SECONDS = 120
+
+
+def voice_wav(name: str, seconds: int) -> bytes:
+    """A mono 8 kHz 16-bit WAV of ``seconds`` (at most 2 minutes): a soft, wavering tone, like a far voice.
+
+    Generated from ``name`` rather than stored, like the pictures: the same recording gives the same bytes.
+    """
+    digest = hashlib.sha256(name.encode("utf-8")).digest()
+    pitch = 140 + digest[0]  # 140-395 Hz, somewhere in a speaking voice's range
+    frames = WAV_RATE * max(0, min(seconds, MAX_WAV_SECONDS))
+    samples = bytearray()
+    for n in range(frames):
+        t = n / WAV_RATE
+        # Syllable-like swells four times a second, so it does not sound like a dial tone.
+        envelope = 0.5 - 0.5 * math.cos(2 * math.pi * 4 * t)
+        value = int(6000 * envelope * math.sin(2 * math.pi * pitch * t))
+        samples += struct.pack("<h", value)
+    out = io.BytesIO()
+    with wave.open(out, "wb") as writer:
+        writer.setnchannels(1)
+        writer.setsampwidth(2)
+        writer.setframerate(WAV_RATE)
+        writer.writeframes(bytes(samples))
+    return out.getvalue()
 
 
 def media_url(base_url: str, name: str) -> str:

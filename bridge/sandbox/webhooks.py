@@ -27,14 +27,16 @@ class WebhookAttempt:
 
     at: datetime
     kind: str
-    """``incoming-message`` or ``message-status`` (voice kinds will join them)."""
+    """``incoming-message``, ``message-status``, or a voice kind (``voice-request``, ``call-status``…)."""
     url: str
     params: tuple[tuple[str, str], ...]
+    """For a GET, the parameters Twilio appended to the URL's query string."""
     idempotency_token: str
     status_code: int | None
     """The HTTP status the receiver answered, or None when no answer came (see ``error``)."""
     ms: float
     error: str | None = None
+    method: str = "POST"
     content_type: str = ""
     response_text: str = field(default="", repr=False)
     """The start of the receiver's answer (TwiML, for messaging webhooks)."""
@@ -53,6 +55,9 @@ class WebhookAttempt:
             "url": self.url,
             "message_sid": self.param("MessageSid"),
             "message_status": self.param("MessageStatus") or self.param("SmsStatus"),
+            "call_sid": self.param("CallSid"),
+            "conference_sid": self.param("ConferenceSid"),
+            "method": self.method,
             "status_code": self.status_code,
             "ms": round(self.ms, 1),
             "error": self.error,
@@ -92,10 +97,29 @@ class WebhookPoster:
 
     async def post(self, url: str, params: Sequence[tuple[str, str]], kind: str) -> WebhookAttempt:
         """POST ``params`` to ``url``, signed for exactly that URL; failures are logged, never raised."""
+        attempt, _ = await self.request(url, params, kind)
+        return attempt
+
+    async def request(
+        self, url: str, params: Sequence[tuple[str, str]], kind: str, method: str = "POST", keep: int = 0
+    ) -> tuple[WebhookAttempt, str]:
+        """Send a webhook by POST (form body) or GET (query string); the attempt and up to ``keep`` chars of answer.
+
+        For a GET, Twilio appends its parameters to the configured URL's query string and signs that whole URL
+        with no body parameters (PROTOCOL.md 1.2), so that is what is signed here.
+        """
         # A `#ct=…` connection-override fragment never reaches the receiver, so it is neither sent nor signed.
         target = url.split("#", 1)[0]
+        body: bytes | None = urlencode(params).encode("utf-8")
+        signed: Sequence[tuple[str, str]] = params
+        if method == "GET":
+            if params:
+                target = f"{target}{'&' if '?' in target else '?'}{urlencode(params)}"
+            body, signed = None, ()
         token = str(uuid.uuid4())
-        headers = self.headers_for(target, params, token)
+        headers = self.headers_for(target, signed, token)
+        if body is None:
+            del headers["Content-Type"]
         at = self.clock()
         started = time.perf_counter()
         status: int | None = None
@@ -103,12 +127,10 @@ class WebhookPoster:
         content_type = ""
         text = ""
         try:
-            response = await self.http.post(
-                target, content=urlencode(params).encode("utf-8"), headers=headers, timeout=self.timeout
-            )
+            response = await self.http.request(method, target, content=body, headers=headers, timeout=self.timeout)
             status = response.status_code
             content_type = response.headers.get("content-type", "")
-            text = response.text[:RESPONSE_KEEP_CHARS]
+            text = response.text
         except httpx.HTTPError as exc:
             error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         attempt = WebhookAttempt(
@@ -120,17 +142,21 @@ class WebhookPoster:
             status_code=status,
             ms=(time.perf_counter() - started) * 1000,
             error=error,
+            method=method,
             content_type=content_type,
-            response_text=text,
+            response_text=text[:RESPONSE_KEEP_CHARS],
         )
         self.log.append(attempt)
-        return attempt
+        return attempt, text[: max(keep, 0)]
 
-    def attempts(self, message_sid: str | None = None, kind: str | None = None) -> list[WebhookAttempt]:
-        """Logged attempts in the order they were made, optionally for one message or of one kind."""
+    def attempts(
+        self, message_sid: str | None = None, kind: str | None = None, call_sid: str | None = None
+    ) -> list[WebhookAttempt]:
+        """Logged attempts in the order they were made, optionally for one message or call, or of one kind."""
         return [
             a
             for a in self.log
             if message_sid is None or a.param("MessageSid") == message_sid
+            if call_sid is None or a.param("CallSid") == call_sid
             if kind is None or a.kind == kind
         ]
