@@ -237,9 +237,17 @@ def record_note(tx: Tx, cid: str, body: str, agent: str, command_id: str) -> dic
 
 
 def agent_list(tx: Tx) -> dict[str, Any]:
-    """Every agent's name and whether it is active; never a token or its hash."""
-    rows = tx.execute("SELECT name, revoked_at IS NULL FROM agents ORDER BY name").fetchall()
-    return {"agents": [{"name": str(name), "active": bool(active)} for name, active in rows]}
+    """Every agent's name, whether it is active, its presence and whether it has a phone; never a token or phone."""
+    rows = tx.execute(
+        "SELECT a.name, a.revoked_at IS NULL, coalesce(p.presence, 'offline'), a.phone IS NOT NULL FROM agents a "
+        "LEFT JOIN presence p ON p.agent = a.name ORDER BY a.name"
+    ).fetchall()
+    return {
+        "agents": [
+            {"name": str(name), "active": bool(active), "presence": str(presence), "has_phone": bool(phone)}
+            for name, active, presence, phone in rows
+        ]
+    }
 
 
 def reopen_on_customer_text(tx: Tx, cid: str) -> None:
@@ -405,8 +413,10 @@ class SnoozeWaker:
             except Exception:  # a busy database is retried shortly; the snoozes are still in the table
                 log.exception("could not wake snoozed conversations")
                 delay = 1.0
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow the shutdown's cancellation.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await self._changed.wait()
 
     async def _wake_due(self) -> float:
         """Open the conversations whose snooze has ended; return how long to sleep until the next one ends."""

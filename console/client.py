@@ -63,6 +63,8 @@ OPEN_TIMEOUT: Final = 10.0
 DONE_KEPT: Final = timedelta(days=7)
 """How long answered commands stay in the outbox."""
 HEAD_TIMEOUT: Final = 3.0
+FINISH_TIMEOUT: Final = 2.0
+"""Seconds each step of ending a session (its tasks, the close handshake) may take before it is cut short."""
 
 RESET_REASON: Final = "Not sent: the cache was reset because it belonged to another bridge. Send it again."
 
@@ -459,8 +461,11 @@ class BridgeLink:
                     problem = f"{problem} Showing the cache."
                 self._set(state, problem, retry_at=time.monotonic() + delay)
                 self._wake.clear()
+                # asyncio.timeout, not wait_for: on Python 3.11, wait_for swallows a cancellation that lands as the
+                # awaited thing finishes, and stop() would then wait for a link that never stops.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), delay)
+                    async with asyncio.timeout(delay):
+                        await self._wake.wait()
         except asyncio.CancelledError:
             if not self._closed:
                 self._set(LinkState.OFFLINE, "Disconnected: showing the cache.", retry_at=None, applied=0)
@@ -514,12 +519,7 @@ class BridgeLink:
                 await self._consume(session, frames, tasks)
             finally:
                 self._session = None
-                for task in tasks:
-                    task.cancel()
-                # Their outcomes are collected, not raised; a cancellation of this task still goes through.
-                await asyncio.gather(*tasks, return_exceptions=True)
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(ws.close())
+                await _finish(tasks, ws)
         except _Retry as exc:
             since = session.live_since
             raise _Retry(exc.detail, since is not None and time.monotonic() - since >= HEALTHY_AFTER) from None
@@ -554,7 +554,8 @@ class BridgeLink:
                         nxt = frames.get_nowait()
                     except asyncio.QueueEmpty:
                         try:
-                            nxt = await asyncio.wait_for(frames.get(), BATCH_WINDOW)
+                            async with asyncio.timeout(BATCH_WINDOW):  # not wait_for: see _run
+                                nxt = await frames.get()
                         except TimeoutError:
                             break
                     if isinstance(nxt, protocol.Event):
@@ -922,6 +923,25 @@ def _limit_reads(ws: ClientConnection) -> None:
     if isinstance(getattr(transport, "max_size", None), int):
         with contextlib.suppress(AttributeError, TypeError):
             transport.max_size = READ_CHUNK  # type: ignore[attr-defined]
+
+
+async def _finish(tasks: list[asyncio.Task[None]], ws: ClientConnection) -> None:
+    """Cancel a session's tasks and close its socket, in bounded time whatever state they are in.
+
+    Their outcomes are collected, not raised. A task that outlives its cancellation (a library swallowing it, as
+    wait_for does on Python 3.11) is ended by aborting the socket under it, so stop() always returns."""
+    for task in tasks:
+        task.cancel()
+    _, pending = await asyncio.shield(asyncio.wait(tasks, timeout=FINISH_TIMEOUT))
+    with contextlib.suppress(Exception):
+        await asyncio.shield(ws.close())  # bounded by the connection's close_timeout
+    if pending:
+        log.warning("%d link task(s) ignored cancellation; aborting the socket", len(pending))
+        ws.transport.abort()
+        await asyncio.shield(asyncio.wait(pending, timeout=FINISH_TIMEOUT))
+    for task in tasks:
+        if task.done() and not task.cancelled():
+            task.exception()  # retrieved, so asyncio does not log "never retrieved"
 
 
 def _fetch_head(url: str) -> int | None:
