@@ -349,7 +349,7 @@ class Voice:
                 self._end(call, "canceled")
                 return
             if call.status != "in-progress":
-                self._end(call, call.status)  # no-answer
+                self._end(call, "no-answer")
                 return
             await self._run(call, source)
             self._end(call, "completed")
@@ -365,7 +365,6 @@ class Voice:
             self._answered(call)
         else:
             await self.sleep(call.timeout)
-            call.status = "no-answer"
 
     async def _inbound_life(self, call: Call) -> None:
         try:

@@ -45,6 +45,11 @@ TWILIO_FORMATS: FormatValidatorsDict = {
 }
 
 
+# Enums the spec references without `nullable` although their own description says they are null at times
+# ("When a conference is in progress, will be `null`"): the description, and Twilio's answers, win.
+DOCUMENTED_NULL_ENUMS = ("conference_enum_reason_conference_ended",)
+
+
 @cache
 def twilio_openapi() -> OpenAPI:
     """The v2010 description, loaded once per process (1.8 MB).
@@ -54,6 +59,10 @@ def twilio_openapi() -> OpenAPI:
     required, so a field the sandbox forgets is an error, as is a value of the wrong type, enum or format.
     """
     spec = json.loads(SPEC_PATH.read_text(encoding="utf-8"))
+    for name in DOCUMENTED_NULL_ENUMS:
+        schema = spec["components"]["schemas"][name]
+        schema["nullable"] = True
+        schema["enum"] = [*schema["enum"], None]  # OpenAPI 3.0: a nullable enum must list null itself
     config = Config(
         spec_validator_cls=None,
         extra_format_validators=TWILIO_FORMATS,
