@@ -16,9 +16,12 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
 from bridge import protocol
+from bridge import voice as voice_webhooks
 from bridge.commands import CommandRunner
 from bridge.conversations import SnoozeWaker
+from bridge.handoff import Handoff
 from bridge.hub import Hub
+from bridge.queues import QueueConfig, load_config
 from bridge.settings import Settings
 from bridge.state import Bridge, bridge_of
 from bridge.store import SqliteStore, revoked_agents
@@ -54,8 +57,18 @@ async def _watch_revocations(bridge: Bridge) -> None:
         # An agent revoked and re-added gets a new token; streams opened with the old one are already closed.
 
 
-def create_app(settings: Settings, http: httpx.AsyncClient | None = None) -> Starlette:
-    """The bridge as an ASGI app. ``http`` lets tests route REST calls to an in-process sandbox."""
+def _presence_changed(voice: Handoff, agent: str, online: bool) -> None:
+    if online:
+        voice.console_connected(agent)
+    else:
+        voice.console_disconnected(agent)
+
+
+def create_app(
+    settings: Settings, http: httpx.AsyncClient | None = None, queues: QueueConfig | None = None
+) -> Starlette:
+    """The bridge as an ASGI app. ``http`` lets tests route REST calls to an in-process sandbox; ``queues``
+    replaces the queue configuration (else read from settings.config_path)."""
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
@@ -65,24 +78,36 @@ def create_app(settings: Settings, http: httpx.AsyncClient | None = None) -> Sta
         store.subscribe_commits(hub.publish)
         snoozes = SnoozeWaker(store)
         client = http or httpx.AsyncClient(headers={"User-Agent": "switchboard-bridge/0.1"})
-        runner = CommandRunner(settings, store, TwilioRest(settings, client))
-        bridge = Bridge(settings=settings, store=store, hub=hub, http=client, commands=runner)
+        rest = TwilioRest(settings, client)
+        runner = CommandRunner(settings, store, rest)
+        voice = Handoff(settings, store, rest, queues or load_config(settings.config_path, settings.region))
+        runner.add_handlers(voice.handlers())
+        voice.send_text = runner.run
+        hub.presence_listeners.append(lambda agent, online: _presence_changed(voice, agent, online))
+        bridge = Bridge(settings=settings, store=store, hub=hub, http=client, commands=runner, voice=voice)
         resumed = await runner.recover()
         if resumed:
             log.info("resuming %d send(s) interrupted by the last shutdown", resumed)
+        resumed = await voice.recover()
+        if resumed:
+            log.info("resuming %d call operation(s) interrupted by the last shutdown", resumed)
         watcher = asyncio.create_task(_watch_revocations(bridge), name="revocation-watcher")
         waker = asyncio.create_task(snoozes.run(), name="snooze-waker")
+        tasks = [watcher, waker]
+        if settings.auto_offer:
+            tasks.append(asyncio.create_task(voice.run_offers(), name="auto-offer"))
         bridge.ready = True
         try:
             yield {"bridge": bridge}
         finally:
             bridge.ready = False
             hub.close_all(protocol.CLOSE_SHUTDOWN, "bridge shutting down")
-            for task in (watcher, waker):
+            for task in tasks:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await runner.wait_idle()
+            await voice.wait_idle()
             if http is None:
                 await client.aclose()
             await store.close()
@@ -91,6 +116,13 @@ def create_app(settings: Settings, http: httpx.AsyncClient | None = None) -> Sta
         Route("/healthz", healthz, methods=["GET"]),
         Route("/twilio/sms", sms_webhook, methods=["POST"]),
         Route("/twilio/sms/status", sms_status_webhook, methods=["POST"]),
+        Route("/twilio/voice", voice_webhooks.voice_webhook, methods=["POST"]),
+        Route("/twilio/voice/status", voice_webhooks.voice_status_webhook, methods=["POST"]),
+        Route("/twilio/voice/wait", voice_webhooks.voice_wait_webhook, methods=["POST"]),
+        Route("/twilio/voice/queue-exit", voice_webhooks.voice_queue_exit_webhook, methods=["POST"]),
+        Route("/twilio/voice/join", voice_webhooks.voice_join_webhook, methods=["POST"]),
+        Route("/twilio/voice/conference", voice_webhooks.voice_conference_webhook, methods=["POST"]),
+        Route("/twilio/voice/recording", voice_webhooks.voice_recording_webhook, methods=["POST"]),
         WebSocketRoute("/v1/stream", stream_endpoint),
     ]
     return Starlette(routes=routes, lifespan=lifespan)

@@ -73,6 +73,25 @@ def cmd_agents(args: argparse.Namespace) -> int:
                 phone = agent.phone or "-"
                 print(f"{agent.name}\t{state}\tadded {agent.created_at}\tphone {phone}")
             return 0
+        if args.action == "set-phone":
+            from bridge.handoff import parse_endpoint
+            from bridge.phones import InvalidNumber
+            from bridge.store import set_agent_phone
+
+            name = _agent_name(args.name)
+            if not args.endpoint:
+                print("error: say which phone to ring, e.g. `agents set-phone ana +14155550123`.", file=sys.stderr)
+                return 2
+            try:
+                endpoint = parse_endpoint(args.endpoint, settings.region)
+            except InvalidNumber as exc:
+                print(f"error: {exc}. Give an E.164 number, a sip: URI or a client: identity.", file=sys.stderr)
+                return 1
+            if not set_agent_phone(db, name, endpoint):
+                print(f"error: no active agent named {name!r} (see `switchboard-bridge agents list`).", file=sys.stderr)
+                return 1
+            print(f"Calls {name} accepts now ring {endpoint}.", file=sys.stderr)
+            return 0
         if args.action == "revoke":
             name = _agent_name(args.name)
             if revoke_agent(db, name):
@@ -128,8 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve)
 
     agents = sub.add_parser("agents", help="add, list or revoke agents")
-    agents.add_argument("action", choices=["add", "list", "revoke"])
-    agents.add_argument("name", nargs="?", help="the agent's name (for add and revoke)")
+    agents.add_argument("action", choices=["add", "list", "revoke", "set-phone"])
+    agents.add_argument("name", nargs="?", help="the agent's name (for add, revoke and set-phone)")
+    agents.add_argument(
+        "endpoint", nargs="?", help="set-phone: the phone calls ring, an E.164 number, sip: URI or client: identity"
+    )
     agents.add_argument("--data-dir", type=Path, help="the bridge's data directory")
     agents.set_defaults(func=cmd_agents)
 
@@ -157,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "agents" and args.action in ("add", "revoke") and not args.name:
+    if args.command == "agents" and args.action in ("add", "revoke", "set-phone") and not args.name:
         parser.error(f"agents {args.action} needs a NAME")
     try:
         code: int = args.func(args)

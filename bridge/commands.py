@@ -58,6 +58,10 @@ class CommandRunner:
         self._handlers.update(ConversationCommands(store).handlers())  # assign, claim, set_status, add_note, ...
         self.status_callback_url = self._status_callback_url()
 
+    def add_handlers(self, handlers: dict[str, Callable[[str, protocol.Command], Awaitable[protocol.Result]]]) -> None:
+        """Register more commands (the voice commands, from bridge.handoff)."""
+        self._handlers.update(handlers)
+
     def _status_callback_url(self) -> str | None:
         base = self.settings.public_url
         return f"{base}/twilio/sms/status" if base else None

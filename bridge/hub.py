@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from bridge.store import StoredEvent
@@ -49,11 +49,17 @@ class Hub:
         self.queue_size = queue_size
         self.subscribers: set[Subscriber] = set()
         self.published_seq = 0
+        self.presence_listeners: list[Callable[[str, bool], None]] = []
+        """Called with (agent, True) when an agent's first console connects, (agent, False) when its last leaves."""
 
     def connect(self, agent: str) -> Subscriber:
         """A new console: known from now on (so it can be revoked), but sent live events only once attached."""
         sub = Subscriber(agent=agent, queue=asyncio.Queue(self.queue_size))
+        first = agent not in self.agents_online()
         self.subscribers.add(sub)
+        if first:
+            for listener in self.presence_listeners:
+                listener(agent, True)
         return sub
 
     def attach(self, sub: Subscriber) -> None:
@@ -61,7 +67,12 @@ class Hub:
         sub.live = True
 
     def detach(self, sub: Subscriber) -> None:
+        if sub not in self.subscribers:
+            return
         self.subscribers.discard(sub)
+        if sub.agent not in self.agents_online():
+            for listener in self.presence_listeners:
+                listener(sub.agent, False)
 
     def publish(self, events: list[StoredEvent]) -> None:
         """Called right after each commit, in seq order."""

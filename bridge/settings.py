@@ -57,6 +57,18 @@ class Settings:
     """Seconds to wait for Twilio's REST API."""
     revocation_poll: float = 1.0
     """Seconds between checks for revoked agents (their open streams are closed)."""
+    config_path: Path | None = None
+    """A TOML file with the call queues, their opening hours and numbers (SWITCHBOARD_CONFIG; see bridge/queues.py).
+    Unset: one "support" queue for every number, always open."""
+    presence_grace: float = 30.0
+    """Seconds an agent with no console connected stays available (or away) before going offline
+    (SWITCHBOARD_PRESENCE_GRACE); a console that reconnects within it changes nothing."""
+    ring_timeout: int = 20
+    """Seconds an agent's or transfer target's phone rings before it counts as not answering."""
+    auto_offer: bool = False
+    """Offer the oldest waiting call to the longest-idle available agent (SWITCHBOARD_AUTO_OFFER=1)."""
+    offer_timeout: float = 15.0
+    """Seconds an auto-offer waits for the agent to accept before it goes to the next agent."""
 
     @property
     def db_path(self) -> Path:
@@ -84,6 +96,12 @@ class Settings:
         ):
             if env.get(name):
                 values[key] = env[name]
+        if env.get("SWITCHBOARD_CONFIG"):
+            values["config_path"] = Path(env["SWITCHBOARD_CONFIG"]).expanduser()
+        if env.get("SWITCHBOARD_PRESENCE_GRACE"):
+            values["presence_grace"] = float(env["SWITCHBOARD_PRESENCE_GRACE"])
+        if env.get("SWITCHBOARD_AUTO_OFFER"):
+            values["auto_offer"] = env["SWITCHBOARD_AUTO_OFFER"].strip().lower() in ("1", "true", "yes", "on")
         if env.get("SWITCHBOARD_SHARED_KEYS"):
             keys: dict[str, str] = {}
             for item in env["SWITCHBOARD_SHARED_KEYS"].split(","):

@@ -9,6 +9,7 @@ import httpx
 from starlette.requests import HTTPConnection
 
 from bridge.commands import CommandRunner
+from bridge.handoff import Handoff
 from bridge.hub import Hub
 from bridge.settings import Settings
 from bridge.store import SqliteStore
@@ -23,6 +24,8 @@ class Bridge:
     hub: Hub
     http: httpx.AsyncClient
     commands: CommandRunner
+    voice: Handoff | None = None
+    """Calls: handoff commands, REST intents, presence (None only in apps built without voice)."""
     ready: bool = False
 
 

@@ -261,6 +261,102 @@ def m002_conversation_state(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX notes_by_conversation ON notes (conversation_id, created_at)")
 
 
+@migrations()
+def m003_voice(db: sqlite_utils.Database) -> None:
+    """Voice (bridge/calls.py): calls, phone legs, voicemails, presence, REST intents."""
+    db.execute(
+        """CREATE TABLE calls (
+            call_sid TEXT PRIMARY KEY,          -- the caller's CallSid; also the call's conference's name
+            conversation_id TEXT NOT NULL REFERENCES conversations(id),
+            twilio_number TEXT NOT NULL,
+            customer_number TEXT NOT NULL,
+            caller_name TEXT,
+            from_city TEXT,
+            from_state TEXT,
+            from_country TEXT,
+            queue TEXT,                         -- the queue it waits in (null once answered from it)
+            last_queue TEXT NOT NULL,           -- the queue it last waited in (greeting, music, missed-call text)
+            queue_sid TEXT,                     -- Twilio's QU… for last_queue, once a wait request told us
+            state TEXT NOT NULL,
+            agent TEXT,
+            agent_leg TEXT,                     -- call_legs.leg_id of the agent's phone
+            target_leg TEXT,                    -- call_legs.leg_id of a transfer target's phone
+            on_hold INTEGER NOT NULL DEFAULT 0,
+            muted INTEGER NOT NULL DEFAULT 0,
+            transfer TEXT,                      -- JSON, as in call.updated
+            offered_to TEXT,
+            offer_expires_at TEXT,
+            queued_at TEXT NOT NULL,            -- first queued: the queue's order, so a failed handoff keeps its place
+            waiting_since TEXT NOT NULL,        -- queued this time: the longest wait counts from here
+            answered_at TEXT,
+            ended_at TEXT,
+            outcome TEXT,
+            agents TEXT NOT NULL DEFAULT '[]',  -- JSON list of every agent who talked to the caller
+            reason TEXT,
+            voicemail_reason TEXT,
+            call_seq INTEGER NOT NULL DEFAULT -1,  -- last applied SequenceNumber of the caller's status callbacks
+            conference_sid TEXT,
+            conf_seq INTEGER NOT NULL DEFAULT -1,  -- last applied SequenceNumber of the conference's callbacks
+            missed_text INTEGER NOT NULL DEFAULT 0,
+            updated_at TEXT NOT NULL
+        )"""
+    )
+    db.execute("CREATE INDEX calls_waiting ON calls (last_queue, queued_at) WHERE state = 'queued'")
+    db.execute(
+        """CREATE TABLE call_legs (
+            leg_id TEXT PRIMARY KEY,            -- ours: LG + 32 hex; the participant's label and in its callback URL
+            call_sid TEXT NOT NULL REFERENCES calls(call_sid),
+            role TEXT NOT NULL,                 -- agent | target
+            agent TEXT,                         -- the agent whose phone it is (null: an external number)
+            endpoint TEXT NOT NULL,
+            leg_sid TEXT,                       -- Twilio's CallSid for the leg, once known
+            status TEXT NOT NULL,               -- dialing | answered | ended
+            last_seq INTEGER NOT NULL DEFAULT -1,
+            created_at TEXT NOT NULL
+        )"""
+    )
+    db.execute("CREATE INDEX call_legs_by_sid ON call_legs (leg_sid)")
+    db.execute(
+        """CREATE TABLE voicemails (
+            id TEXT PRIMARY KEY,
+            call_sid TEXT NOT NULL REFERENCES calls(call_sid),
+            conversation_id TEXT NOT NULL,
+            recording_sid TEXT NOT NULL UNIQUE,
+            recording_url TEXT NOT NULL,
+            duration INTEGER,
+            reason TEXT NOT NULL,
+            created_at TEXT NOT NULL
+        )"""
+    )
+    db.execute(
+        """CREATE TABLE presence (
+            agent TEXT PRIMARY KEY,
+            presence TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            call_sid TEXT,
+            wrap_up_call TEXT,                  -- the call whose disposition note is owed
+            since TEXT NOT NULL,
+            idle_since TEXT NOT NULL            -- when they last became available: auto-offer's longest idle
+        ) WITHOUT ROWID"""
+    )
+    db.execute(
+        """CREATE TABLE voice_intents (
+            id INTEGER PRIMARY KEY,
+            call_sid TEXT NOT NULL,
+            steps TEXT NOT NULL,                -- JSON list of REST steps, carried out in order
+            state TEXT NOT NULL,                -- pending | done | failed
+            error TEXT,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        )"""
+    )
+    db.execute("CREATE INDEX voice_intents_pending ON voice_intents (id) WHERE state = 'pending'")
+    db.execute(
+        "CREATE TABLE offer_declines (call_sid TEXT NOT NULL, agent TEXT NOT NULL, PRIMARY KEY (call_sid, agent))"
+    )
+    db.execute("ALTER TABLE notes ADD COLUMN call_sid TEXT")
+
+
 def _connect(path: Path | str) -> sqlite3.Connection:
     conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30.0)
     conn.row_factory = sqlite3.Row
@@ -466,6 +562,13 @@ def add_agent(db: sqlite_utils.Database, name: str) -> str:
 def list_agents(db: sqlite_utils.Database) -> list[Agent]:
     rows = db.execute("SELECT name, created_at, revoked_at, phone FROM agents ORDER BY name").fetchall()
     return [Agent(*row) for row in rows]
+
+
+def set_agent_phone(db: sqlite_utils.Database, name: str, endpoint: str | None) -> bool:
+    """Set the phone ``name``'s calls ring (checked by the caller); False if there is no such active agent."""
+    with db.atomic():
+        cur = db.execute("UPDATE agents SET phone = ? WHERE name = ? AND revoked_at IS NULL", [endpoint, name])
+    return bool(cur.rowcount)
 
 
 def revoke_agent(db: sqlite_utils.Database, name: str) -> bool:

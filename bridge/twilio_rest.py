@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import httpx
 
@@ -175,3 +175,124 @@ class TwilioRest:
                 found: dict[str, Any] = item
                 return found
         return None
+
+    # -- voice: calls, queue members, conferences and participants ----------------------------------------------
+
+    async def _voice(
+        self, method: str, path: str, form: Sequence[tuple[str, str]] = (), *, safe_to_repeat: bool = True
+    ) -> dict[str, Any] | None:
+        """One voice request, retried on connection errors, 429 and 5xx; returns the resource (None on 204).
+
+        ``safe_to_repeat`` False (a create): a failure after the request may have left is not retried blindly;
+        TwilioUnavailable says so and the caller looks before trying again. A 4xx raises TwilioError.
+        """
+        last_problem = "no attempt made"
+        for attempt in range(self.settings.rest_retries + 1):
+            try:
+                if method == "DELETE":
+                    response = await self._request(method, path)
+                else:
+                    response = await self._request(method, path, content=urlencode(form), headers=FORM_HEADERS)
+            except _NOT_SENT as exc:
+                last_problem = f"could not connect: {exc!r}"
+                await self._backoff(attempt)
+                continue
+            except _MAYBE_SENT as exc:
+                last_problem = f"no answer: {exc!r}"
+                if not safe_to_repeat:
+                    break
+                await self._backoff(attempt)
+                continue
+            if response.status_code == 204:
+                return None
+            if response.status_code in (200, 201):
+                payload: dict[str, Any] = response.json()
+                return payload
+            if response.status_code == 429 or response.status_code >= 500:
+                last_problem = f"Twilio answered {response.status_code}"
+                if not safe_to_repeat and response.status_code != 429:
+                    break
+                await self._backoff(attempt, response.headers.get("Retry-After"))
+                continue
+            self._raise_for_twilio(response)
+        raise TwilioUnavailable(f"{method} {path} did not go through ({last_problem})")
+
+    async def create_call(
+        self, to: str, from_number: str, url: str, status_callback: str | None = None, timeout: int | None = None
+    ) -> dict[str, Any]:
+        """POST Calls.json: dial ``to`` and run the TwiML at ``url`` when it answers."""
+        form = [("To", to), ("From", from_number), ("Url", url)]
+        if status_callback:
+            form.append(("StatusCallback", status_callback))
+            form.extend(("StatusCallbackEvent", e) for e in ("initiated", "ringing", "answered", "completed"))
+        if timeout is not None:
+            form.append(("Timeout", str(timeout)))
+        found = await self._voice("POST", "/Calls.json", form, safe_to_repeat=False)
+        assert found is not None
+        return found
+
+    async def update_call(
+        self, call_sid: str, *, url: str | None = None, twiml: str | None = None, status: str | None = None
+    ) -> dict[str, Any] | None:
+        """POST Calls/{Sid}.json: redirect a live call to new TwiML, or end it (``status="completed"``)."""
+        form: list[tuple[str, str]] = []
+        if url is not None:
+            form += [("Url", url), ("Method", "POST")]
+        if twiml is not None:
+            form.append(("Twiml", twiml))
+        if status is not None:
+            form.append(("Status", status))
+        return await self._voice("POST", f"/Calls/{quote(call_sid, safe='')}.json", form)
+
+    async def dequeue_member(self, queue_sid: str, call_sid: str, url: str) -> dict[str, Any] | None:
+        """POST Queues/{QueueSid}/Members/{CallSid or Front}.json: take the caller out, running ``url``'s TwiML."""
+        path = f"/Queues/{quote(queue_sid, safe='')}/Members/{quote(call_sid, safe='')}.json"
+        return await self._voice("POST", path, [("Url", url), ("Method", "POST")])
+
+    async def find_queue(self, friendly_name: str) -> str | None:
+        """The QU… SID of the queue named ``friendly_name`` (``<Enqueue>`` creates queues on demand), if any."""
+        try:
+            response = await self._request("GET", "/Queues.json", params={"PageSize": "1000"})
+        except (*_NOT_SENT, *_MAYBE_SENT):
+            return None
+        if response.status_code != 200:
+            return None
+        for item in response.json().get("queues", []):
+            if item.get("friendly_name") == friendly_name:
+                return str(item["sid"])
+        return None
+
+    async def create_participant(self, conference: str, form: Sequence[tuple[str, str]]) -> dict[str, Any]:
+        """POST Conferences/{Sid or name}/Participants.json: dial a phone into the conference."""
+        path = f"/Conferences/{quote(conference, safe='')}/Participants.json"
+        found = await self._voice("POST", path, form, safe_to_repeat=False)
+        assert found is not None
+        return found
+
+    async def fetch_participant(self, conference: str, participant: str) -> dict[str, Any] | None:
+        """GET a participant by CallSid or label; None when Twilio has no such participant (or cannot say)."""
+        path = f"/Conferences/{quote(conference, safe='')}/Participants/{quote(participant, safe='')}.json"
+        try:
+            response = await self._request("GET", path)
+        except (*_NOT_SENT, *_MAYBE_SENT):
+            return None
+        if response.status_code != 200:
+            return None
+        found: dict[str, Any] = response.json()
+        return found
+
+    async def update_participant(
+        self, conference: str, participant: str, form: Sequence[tuple[str, str]]
+    ) -> dict[str, Any] | None:
+        """POST Participants/{CallSid or label}.json: Hold/HoldUrl, Muted, EndConferenceOnExit."""
+        path = f"/Conferences/{quote(conference, safe='')}/Participants/{quote(participant, safe='')}.json"
+        return await self._voice("POST", path, form)
+
+    async def delete_participant(self, conference: str, participant: str) -> None:
+        """DELETE Participants/{CallSid or label}.json: take that phone out of the conference (hangs it up)."""
+        path = f"/Conferences/{quote(conference, safe='')}/Participants/{quote(participant, safe='')}.json"
+        await self._voice("DELETE", path)
+
+    async def end_conference(self, conference: str) -> dict[str, Any] | None:
+        """POST Conferences/{Sid or name}.json Status=completed: everyone in it is disconnected."""
+        return await self._voice("POST", f"/Conferences/{quote(conference, safe='')}.json", [("Status", "completed")])

@@ -522,9 +522,9 @@ def test_list_agents_names_them_without_tokens(client: TestClient, settings: Set
         result, events = command(ws, "c-1", protocol.LIST_AGENTS, {})
     assert result["data"] == {
         "agents": [
-            {"name": "ana", "active": True},
-            {"name": "ben", "active": True},
-            {"name": "cal", "active": False},
+            {"name": "ana", "active": True, "presence": "offline", "has_phone": False},
+            {"name": "ben", "active": True, "presence": "offline", "has_phone": False},
+            {"name": "cal", "active": False, "presence": "offline", "has_phone": False},
         ]
     }
     assert events == [] and event_count(settings) == before
