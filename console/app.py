@@ -27,7 +27,7 @@ TYPING_EVERY = 3.0
 
 
 class SwitchboardApp(App[None]):
-    """Switchboard: the support console for texts to a team's Twilio numbers."""
+    """Switchboard: the support console for texts and calls to a team's Twilio numbers."""
 
     TITLE = "Switchboard"
     CSS_PATH = "app.tcss"
@@ -128,21 +128,26 @@ class SwitchboardApp(App[None]):
             self.notify(f"Not sent: {exc}", severity="error")
             return None
 
-    async def list_agents(self) -> list[str] | None:
-        """The team's active agents, asked of the bridge now (None when it is not reachable)."""
+    async def ask(self, command: str, args: dict[str, Any] | None = None) -> protocol.Result | None:
+        """Ask the bridge a question now (``list_agents``, ``list_queues``), bypassing the outbox: an answer is
+        worth nothing later. None when the bridge is not reachable or does not answer within 5 s."""
         if self.link is None or self.link.status.state != LinkState.CONNECTED:
             return None
-        command_id = f"list-agents-{uuid.uuid4().hex[:12]}"
+        command_id = f"{command.replace('_', '-')}-{uuid.uuid4().hex[:12]}"
         waiter: asyncio.Future[protocol.Result] = asyncio.get_running_loop().create_future()
         self._waiting[command_id] = waiter
         try:
-            await self.link.send_now(protocol.Command(command_id, "list_agents", {}))
-            result = await asyncio.wait_for(waiter, timeout=5.0)
+            await self.link.send_now(protocol.Command(command_id, command, args or {}))
+            return await asyncio.wait_for(waiter, timeout=5.0)
         except (TimeoutError, ConnectionError, OSError):
             return None
         finally:
             self._waiting.pop(command_id, None)
-        if not result.ok:
+
+    async def list_agents(self) -> list[str] | None:
+        """The team's active agents, asked of the bridge now (None when it is not reachable)."""
+        result = await self.ask(protocol.LIST_AGENTS)
+        if result is None or not result.ok:
             return None
         return [str(a["name"]) for a in result.data.get("agents", []) if a.get("active", True)]
 
@@ -159,7 +164,10 @@ class SwitchboardApp(App[None]):
     # -- help and palette ------------------------------------------------------------------------------------
 
     def binding_sections(self) -> list[tuple[str, list[Binding]]]:
+        from console.screens.call_controls import CALL_BINDINGS
         from console.screens.picker import Picker
+        from console.screens.wrap_up import WrapUpScreen
+        from console.widgets.call_queue import CallQueue
         from console.widgets.composer import ReplyArea
         from console.widgets.conversation_list import ConversationList
         from console.widgets.thread_view import ThreadView
@@ -169,7 +177,10 @@ class SwitchboardApp(App[None]):
 
         return [
             ("Everywhere", own(self.BINDINGS)),
-            ("Conversations", own(MainScreen.BINDINGS)),
+            ("Conversations", [b for b in own(MainScreen.BINDINGS) if b not in CALL_BINDINGS]),
+            ("Calls", CALL_BINDINGS),
+            ("Callers waiting", own(CallQueue.BINDINGS)),
+            ("Wrap-up note", own(WrapUpScreen.BINDINGS)),
             ("Inbox", own(ConversationList.BINDINGS)),
             ("Thread", own(ThreadView.BINDINGS)),
             ("Composer", own(ReplyArea.BINDINGS)),

@@ -293,11 +293,8 @@ class CallRow:
 
     @property
     def place(self) -> str:
-        """Where the caller is, from Twilio's geo fields: "San Francisco, CA", "GB", or ""."""
-        parts = [p for p in (self.from_city, self.from_state) if p]
-        if not parts and self.from_country:
-            parts = [self.from_country]
-        return ", ".join(parts)
+        """Where the caller is, from Twilio's geo fields: "San Francisco, CA", or ""."""
+        return ", ".join(p for p in (self.from_city, self.from_state) if p)
 
 
 @dataclass(frozen=True, slots=True)

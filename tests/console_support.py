@@ -6,15 +6,18 @@ Events are built in the bridge's wire shapes (see bridge/protocol.py) and applie
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import itertools
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bridge import protocol
 from console.cache import Cache
+from console.client import BridgeLink, LinkState
 
 NOW = datetime(2026, 11, 24, 15, 30, tzinfo=UTC)
 OUR_NUMBER = "+14155550100"
@@ -357,3 +360,69 @@ def big_history(conversations: int, messages: int, seed: int = 1) -> Iterator[li
             log.events = []
     if log.events:
         yield log.events
+
+
+class FakeLink(BridgeLink):
+    """A bridge link with no bridge: connected at once as ``agent``; records the commands the console makes, answers
+    questions (``list_agents``, ``list_queues``) from ``replies``, and delivers events and results when told to.
+
+    For pilot tests: ``SwitchboardApp(cache, config, link_factory=FakeLink.factory())``.
+    """
+
+    def __init__(self, app: Any, agent: str = AGENT) -> None:
+        super().__init__(
+            "http://bridge.invalid",
+            "token",
+            app.cache,
+            on_status=app.link_status,
+            on_events=app.link_events,
+            on_result=app.link_result,
+            on_signal=app.link_signal,
+            fetch_head=False,
+        )
+        self.app = app
+        self.me = agent
+        self.sent: list[protocol.Command] = []
+        """Commands queued by the console (``command()``), in order."""
+        self.asked: list[protocol.Command] = []
+        """Questions sent straight away (``send_now()``)."""
+        self.replies: dict[str, dict[str, Any]] = {}
+        """The data answered to a question, by command name."""
+        self._ids = itertools.count(1)
+
+    @classmethod
+    def factory(cls, agent: str = AGENT) -> Callable[[Any], FakeLink]:
+        return lambda app: cls(app, agent)
+
+    def start(self) -> None:
+        self._set(LinkState.CONNECTED, "Connected.", retry_at=None, agent=self.me, ever_connected=True)
+
+    def go_offline(self) -> None:
+        self._set(LinkState.RECONNECTING, "Lost the connection to the bridge.", retry_at=None)
+
+    async def aclose(self) -> None:
+        self._worker.shutdown(wait=False)
+
+    async def command(self, name: str, args: dict[str, Any], conversation_id: str | None = None) -> str:
+        command = protocol.Command(f"c-{next(self._ids)}", name, args)
+        self.sent.append(command)
+        return command.id
+
+    async def send_now(self, cmd: protocol.Command) -> None:
+        self.asked.append(cmd)
+        data = self.replies.get(cmd.command)
+        if data is not None:
+            result = protocol.Result(cmd.id, True, data)
+            asyncio.get_running_loop().call_soon(self.app.link_result, result)
+
+    def answer(self, command: protocol.Command, data: dict[str, Any] | None = None) -> None:
+        """The bridge carried ``command`` out."""
+        self.app.link_result(protocol.Result(command.id, True, data or {}))
+
+    def refuse(self, command: protocol.Command, code: str, message: str, data: dict[str, Any] | None = None) -> None:
+        self.app.link_result(protocol.Result.failure(command.id, code, message, data))
+
+    def deliver(self, events: list[protocol.Event]) -> None:
+        """Live events from the bridge: into the cache, then to the console."""
+        applied = self.cache.apply(events)
+        self.app.link_events(applied)

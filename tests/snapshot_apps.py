@@ -12,7 +12,7 @@ from textual.pilot import Pilot
 from console.app import SwitchboardApp
 from console.cache import Cache
 from console.config import ConsoleConfig
-from tests.console_support import demo_events, fill, frozen_clock
+from tests.console_support import calls_events, demo_events, fill, frozen_clock
 
 
 def demo_app(config: ConsoleConfig | None = None) -> SwitchboardApp:
@@ -22,6 +22,16 @@ def demo_app(config: ConsoleConfig | None = None) -> SwitchboardApp:
     fill(cache, demo_events())
     cache.set_meta("agent", "you")
     return SwitchboardApp(cache, config or ConsoleConfig(), clock=frozen_clock, tz=UTC, steady=True)
+
+
+def calls_app(waiting: int = 4, mine: str | None = "on_hold") -> SwitchboardApp:
+    """The demo's morning with voice: callers waiting, this agent's call (on hold), a voicemail, an hour of queue."""
+    directory = Path(tempfile.mkdtemp(prefix="switchboard-snap-"))
+    cache = Cache(directory / "cache.db")
+    texts = demo_events()
+    fill(cache, texts + calls_events(texts, waiting=waiting, mine=mine))
+    cache.set_meta("agent", "you")
+    return SwitchboardApp(cache, ConsoleConfig(), clock=frozen_clock, tz=UTC, steady=True)
 
 
 async def settle(pilot: Pilot[Any]) -> None:
@@ -65,4 +75,15 @@ async def helping(pilot: Pilot[Any]) -> None:
 
 
 async def inbox_only(pilot: Pilot[Any]) -> None:
+    await settle(pilot)
+
+
+async def calls_waiting(pilot: Pilot[Any]) -> None:
+    await settle(pilot)
+
+
+async def my_callers_thread(pilot: Pilot[Any]) -> None:
+    """The caller on hold's conversation, opened with the caller key: the live call in the timeline."""
+    await settle(pilot)
+    await pilot.press("g")
     await settle(pilot)

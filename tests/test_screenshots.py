@@ -21,12 +21,14 @@ SHOTS: dict[str, Callable[[Pilot[Any]], Awaitable[None]]] = {
     "search": snapshot_apps.searching,
     "help": snapshot_apps.helping,
 }
+CALL_SHOTS: dict[str, Callable[[Pilot[Any]], Awaitable[None]]] = {"calls": snapshot_apps.my_callers_thread}
 
 
 @pytest.mark.screenshots
-@pytest.mark.parametrize("name", sorted(SHOTS))
+@pytest.mark.parametrize("name", sorted(SHOTS) + sorted(CALL_SHOTS))
 def test_screenshot(name: str) -> None:
-    svg = take_svg_screenshot(app=snapshot_apps.demo_app(), terminal_size=(120, 36), run_before=SHOTS[name])
+    app = snapshot_apps.calls_app() if name in CALL_SHOTS else snapshot_apps.demo_app()
+    svg = take_svg_screenshot(app=app, terminal_size=(120, 36), run_before=SHOTS.get(name) or CALL_SHOTS[name])
     SCREENSHOTS.mkdir(exist_ok=True)
     (SCREENSHOTS / f"{name}.svg").write_text(svg, encoding="utf-8")
     assert "Switchboard" in svg

@@ -1,4 +1,5 @@
-"""The working screen: the inbox on the left; the open conversation, its header and the composer on the right."""
+"""The working screen: the calls panel on top; the inbox on the left; the open conversation, its header and the
+composer on the right."""
 
 from __future__ import annotations
 
@@ -20,13 +21,17 @@ from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import Footer
 
+from bridge import protocol
 from console import messages
 from console.cache import OWNERS, STATUSES, ConversationRow, InboxFilter
 from console.phones import display_number
+from console.screens.call_controls import CALL_ACTIONS, CALL_BINDINGS, CallControls
 from console.screens.confirm import Confirm
 from console.screens.picker import Choice, Picker
 from console.screens.search import Hit, SearchScreen
 from console.text import one_line
+from console.widgets.call_queue import CallQueue
+from console.widgets.calls_panel import CallKeys, CallsPanel
 from console.widgets.composer import Composer, ReplyArea
 from console.widgets.conversation_header import ConversationHeader
 from console.widgets.conversation_list import ConversationList
@@ -49,7 +54,8 @@ NEEDS_CONVERSATION = {
     "open_attachment",
 }
 TOASTS_PER_BATCH = 3
-LETTER_KEYS = NEEDS_CONVERSATION | {"search", "next_waiting", "cycle_status", "cycle_owner"}
+LETTER_KEYS = NEEDS_CONVERSATION | CALL_ACTIONS | {"search", "next_waiting", "cycle_status", "cycle_owner"}
+VOICE_EVENTS = {protocol.CALL_UPDATED, protocol.VOICEMAIL_RECORDED, protocol.AGENT_PRESENCE}
 SNOOZE_CHOICES = [("1h", "for an hour"), ("3h", "for 3 hours"), ("tomorrow", "until 9:00 tomorrow"), ("3d", "3 days")]
 
 
@@ -67,13 +73,18 @@ def snooze_until(choice: str, now: datetime) -> datetime | None:
     return None
 
 
-class MainScreen(Screen[None]):
-    """Inbox, thread and composer.
+class MainScreen(CallControls, Screen[None]):
+    """Calls panel, inbox, thread and composer.
 
     | Key | Action |
     | :- | :- |
+    | `A`, `D` | Accept the call waiting longest (or offered to you); decline an offered call. |
+    | `h`, `M` | Hold / unhold the caller; mute / unmute your leg. |
+    | `t`, `T`, `C` | Transfer (agent, queue or number; cold or warm); complete, cancel a warm transfer. |
+    | `H`, `w` | Hang up; write the wrap-up note (required before the next call). |
+    | `g`, `q`, `P` | The caller's conversation; the callers waiting; away / available. |
     | `/` | Search every message. |
-    | `n` | Next conversation needing attention. |
+    | `n` | Next needing attention: a waiting call first, then the oldest unanswered text. |
     | `r` / `m` | Write a reply / an internal note (`ctrl+r` canned reply, `ctrl+o` $EDITOR). |
     | `c`, `a` | Claim, assign. |
     | `x`, `o`, `p`, `z` | Resolve, reopen, pending, snooze. |
@@ -82,6 +93,7 @@ class MainScreen(Screen[None]):
     """
 
     BINDINGS = [
+        *CALL_BINDINGS,  # first, so a narrow footer still shows them while a call is on
         Binding("slash", "search", "Search", id="search", tooltip="Search every cached message"),
         Binding("n", "next_waiting", "Next", id="next-waiting", tooltip="Jump to the oldest unanswered conversation"),
         Binding("r", "reply", "Reply", id="reply", tooltip="Write a reply to the customer"),
@@ -120,6 +132,13 @@ class MainScreen(Screen[None]):
         self._presence: dict[str, dict[str, str]] = {}
         self._opening: str | None = None
         self._offered: tuple[bool, str] | None = None
+        self._calls_dirty = False
+        self._call_keys = CallKeys(False, None, None, False, None)
+        self.call_commands: dict[str, tuple[str, dict[str, Any]]] = {}
+        """Call commands this console sent and the bridge has not answered yet, by command id."""
+        self.wrap_up_draft = ""
+        self.hung_up = False
+        """This agent hung up and the bridge said ok: the wrap-up dialog opens when the call is in wrap-up."""
 
     @property
     def console_app(self) -> SwitchboardApp:
@@ -130,6 +149,7 @@ class MainScreen(Screen[None]):
 
     def compose(self) -> ComposeResult:
         app = self.console_app
+        yield CallsPanel(app.cache, region=app.config.region, clock=app.clock, id="calls")
         with Horizontal(id="panes"):
             with Vertical(id="inbox-pane"):
                 yield ConversationList(app.cache, region=app.config.region, tz=app.tz, clock=app.clock, id="inbox")
@@ -143,6 +163,7 @@ class MainScreen(Screen[None]):
     def on_mount(self) -> None:
         self.query_one(ConversationList).focus()
         self._refresh_status()
+        self.calls.reload(self.console_app.agent)
 
     # -- shortcuts -------------------------------------------------------------------------------------------
 
@@ -161,6 +182,10 @@ class MainScreen(Screen[None]):
     @property
     def header(self) -> ConversationHeader:
         return self.query_one(ConversationHeader)
+
+    @property
+    def calls(self) -> CallsPanel:
+        return self.query_one(CallsPanel)
 
     @property
     def current(self) -> ConversationRow | None:
@@ -182,6 +207,8 @@ class MainScreen(Screen[None]):
             return False
         if writing and action in LETTER_KEYS:
             return False  # those keys type into the reply while it has focus; don't offer them in the footer
+        if action in CALL_ACTIONS:
+            return self.check_call_action(action)
         return True
 
     # -- opening conversations -------------------------------------------------------------------------------
@@ -229,13 +256,63 @@ class MainScreen(Screen[None]):
             self._offered = offered
             self.refresh_bindings()
 
+    # -- calls -----------------------------------------------------------------------------------------------
+
+    @on(CallQueue.Selected)
+    def _caller_selected(self, event: CallQueue.Selected) -> None:
+        self.open_conversation(event.conversation_id)
+
+    def on_calls_panel_changed(self, message: CallsPanel.Changed) -> None:
+        before, self._call_keys = self._call_keys, message.keys
+        self.refresh_bindings()
+        state, previous = message.keys.state, before.state
+        if state == previous:
+            return
+        mine = self.calls.mine
+        if state == "wrap_up":
+            if self.hung_up:  # this agent hung up: straight to the note
+                self.hung_up = False
+                self.action_wrap_up()
+            else:
+                self.notify("The call ended. Press w for its wrap-up note.", title="Call")
+        elif state is not None and previous is None and mine is not None and mine.agent != self.console_app.agent:
+            self.notify("A colleague is transferring a call to you: answer your phone.", title="Call")
+            self.open_conversation(mine.conversation_id)
+
+    def _announce_calls(self, voice: list[protocol.Event]) -> None:
+        """Live (not while catching up): a bell and a toast for a call offered to this agent or newly queued."""
+        me = self.console_app.agent
+        offered = [
+            e
+            for e in voice
+            if e.type == protocol.CALL_UPDATED
+            and e.data.get("change") == "offered"
+            and e.data.get("offered_to") == me
+            and me
+        ]
+        queued = [e for e in voice if e.type == protocol.CALL_UPDATED and e.data.get("change") == "queued"]
+        region = self.console_app.config.region
+        if offered:
+            who = display_number(str(offered[-1].data.get("customer_number", "")), region)
+            self.notify(f"A call from {who} is offered to you: A accepts, D declines.", title="Call")
+        elif queued:
+            who = display_number(str(queued[-1].data.get("customer_number", "")), region)
+            more = f" (and {len(queued) - 1} more)" if len(queued) > 1 else ""
+            self.notify(f"{who} is waiting{more}. A takes the longest-waiting call.", title="Call")
+        if (offered or queued) and self.console_app.config.bell:
+            self.app.bell()
+
     # -- live updates ----------------------------------------------------------------------------------------
 
     def on_events_applied(self, message: messages.EventsApplied) -> None:
         self._touched |= message.conversations
+        voice = [e for e in message.events if e.type in VOICE_EVENTS]
+        if voice or not message.events:  # no events: the cache was reset
+            self._calls_dirty = True
         self._schedule_inbox_reload()
         if self.console_app.catching_up:
             return  # texts missed while away are in the inbox, marked unread; a toast each would bury the screen
+        self._announce_calls(voice)
         current = self.current
         arrived = [
             e
@@ -258,6 +335,9 @@ class MainScreen(Screen[None]):
     def _reload_now(self) -> None:
         self._reload_timer = None
         touched, self._touched = self._touched, set()
+        if self._calls_dirty:
+            self._calls_dirty = False
+            self.calls.reload(self.console_app.agent)
         self.inbox.reload()
         current = self.current
         if current is not None and current.id in touched:
@@ -289,6 +369,8 @@ class MainScreen(Screen[None]):
         status.state, status.detail = message.state, message.text
         status.agent = self.console_app.agent or ""
         self.header.me = self.console_app.agent or ""
+        if self.calls.agent != (self.console_app.agent or ""):
+            self.calls.reload(self.console_app.agent)  # "my call" is known once the bridge says who we are
         if changed:  # a footer recompose costs tens of ms: not for every progress update
             self.refresh_bindings()
 
@@ -310,7 +392,10 @@ class MainScreen(Screen[None]):
 
     def on_command_settled(self, message: messages.CommandSettled) -> None:
         result = message.result
-        if not result.ok:
+        call = self.call_commands.pop(result.id, None)
+        if call is not None:
+            self.call_settled(call[0], call[1], result)
+        elif not result.ok:
             self.notify(one_line(result.error_message or "The bridge refused the command."), severity="error")
         if self.current is not None:
             self.thread.refresh_thread()
@@ -372,8 +457,24 @@ class MainScreen(Screen[None]):
             self._update_filter_label()
             self.thread.focus()
 
-    @work(thread=True, group="next")
     def action_next_waiting(self) -> None:
+        # A caller on the line outranks any text, when this agent can take a call: the longest-waiting caller
+        # first. Pressed again there, it goes on to the texts, so a queue never traps the agent.
+        panel = self.calls
+        free = panel.keys.state is None and panel.keys.presence != "away"
+        current = self.current
+        if free and panel.waiting:
+            call = panel.board.offered if panel.board and panel.board.offered else panel.waiting[0]
+            if current is None or current.id != call.conversation_id:
+                self.open_conversation(call.conversation_id)
+                panel.queue.select(call.call_sid)
+                panel.queue.focus()
+                self.notify("A caller is waiting: A takes the call, n goes on to the texts.", title="Call")
+                return
+        self._next_text()
+
+    @work(thread=True, group="next")
+    def _next_text(self) -> None:
         row = self.console_app.cache.next_needing_attention(self.console_app.agent)
         self._to_ui(self._go_next, row)
 

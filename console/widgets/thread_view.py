@@ -1,4 +1,5 @@
-"""One conversation's timeline: texts both ways, delivery states, attachments, internal notes, day separators.
+"""One conversation's timeline: texts both ways, delivery states, attachments, internal notes, calls (who answered,
+how long, holds, transfers, outcome), voicemails, day separators.
 
 A line-API view like the inbox: it holds pages of the thread (200 messages each), draws them into lines once per
 width, and loads the next older (or newer) page from the cache in a thread worker as the agent scrolls toward it,
@@ -7,6 +8,7 @@ so a thread of any length opens at once.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
 
@@ -21,7 +23,8 @@ from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
 from console import times
-from console.cache import Cache, MessageRow
+from console.cache import Cache, CallChange, CallRow, MessageRow, VoicemailRow, clock_time, talk_time
+from console.phones import display_number
 from console.text import inert, one_line
 
 PAGE = 200
@@ -55,6 +58,93 @@ class Pending:
     note: bool = False
 
 
+OUTCOMES = {
+    "answered": "answered",
+    "abandoned": "caller hung up before anyone answered",
+    "voicemail": "went to voicemail",
+    "transferred_out": "transferred out",
+    "failed": "failed",
+}
+VOICEMAIL_REASONS = {"longest wait": "nobody answered in time", "closed": "outside opening hours"}
+
+
+def _seconds(start: str | None, end: str | None) -> int | None:
+    a, b = times.parse(start or ""), times.parse(end or "")
+    return None if a is None or b is None else max(0, int((b - a).total_seconds()))
+
+
+def _target(transfer: dict[str, object] | None, region: str) -> str:
+    if not transfer:
+        return "someone"
+    target = str(transfer.get("target") or "")
+    kind = transfer.get("target_kind")
+    if kind == "number":
+        return display_number(target, region)
+    if kind == "queue":
+        return f"the {one_line(target)} queue"
+    return one_line(target)
+
+
+def change_words(change: CallChange, region: str) -> str:
+    """One step of a call, as the thread says it."""
+    agent = one_line(change.agent or "an agent")
+    transfer = change.transfer or {}
+    target = _target(change.transfer, region)
+    words = {
+        "queued": "waiting in the queue",
+        "offered": "offered to an agent",
+        "offer_declined": "offer declined",
+        "accepted": f"accepted by {agent}: ringing their phone",
+        "agent_no_answer": f"{agent}'s phone did not answer: back at the front of the queue",
+        "connected": f"{agent} answered",
+        "held": "caller on hold",
+        "unheld": "caller off hold",
+        "muted": f"{agent} muted",
+        "unmuted": f"{agent} unmuted",
+        "transfer_started": f"{one_line(str(transfer.get('mode') or ''))} transfer to {target}".strip(),
+        "transfer_failed": f"{target} did not answer the transfer",
+        "transfer_completed": f"transferred to {target}",
+        "transfer_cancelled": f"transfer to {target} cancelled",
+        "voicemail_started": "sent to voicemail",
+        "ended": "ended",
+    }.get(change.change, one_line(change.change.replace("_", " ")))
+    if change.reason:
+        words += f" — {one_line(change.reason)}"
+    return words
+
+
+def call_summary(call: CallRow, region: str = "US") -> str:
+    """The call's header: "answered by ana → bob · 3m 12s", "missed · after 0:40", "live · on hold"."""
+    if call.state != "ended":
+        agent = one_line(call.agent or "an agent")
+        return {
+            "queued": f"waiting in {one_line(call.queue)}" if call.queue else "waiting",
+            "ringing_agent": f"ringing {agent}",
+            "connected": f"talking to {agent}",
+            "on_hold": f"on hold with {agent}",
+            "consulting": f"on hold: {agent} is consulting a colleague",
+            "transferring": f"being transferred by {agent}",
+            "voicemail": "leaving a voicemail",
+        }.get(call.state, one_line(call.state)) + " · now"
+    parts = []
+    agents = [one_line(a) for a in call.agents]
+    if agents:
+        parts.append("answered by " + " → ".join(agents))
+        talked = _seconds(call.answered_at, call.ended_at)
+        if talked is not None:
+            parts.append(talk_time(talked))
+    else:
+        parts.append(OUTCOMES.get(call.outcome or "", one_line(call.outcome or "ended")))
+        waited = _seconds(call.queued_at, call.ended_at)
+        if waited is not None:
+            parts.append(f"after {clock_time(waited)}")
+    if call.outcome == "transferred_out":
+        parts.append(f"transferred to {_target(call.transfer, region)}")
+    elif call.outcome == "failed":
+        parts.append("failed")
+    return " · ".join(parts)
+
+
 class ThreadView(ScrollView, can_focus=True):
     """The open conversation, newest at the bottom.
 
@@ -81,6 +171,7 @@ class ThreadView(ScrollView, can_focus=True):
         "thread-view--failed",
         "thread-view--day",
         "thread-view--hit",
+        "thread-view--call",
     }
 
     DEFAULT_CSS = """
@@ -94,6 +185,7 @@ class ThreadView(ScrollView, can_focus=True):
         & > .thread-view--failed { color: $text-error; text-style: bold; }
         & > .thread-view--day { color: $text-muted; text-style: bold; }
         & > .thread-view--hit { background: $warning 30%; }
+        & > .thread-view--call { color: $text-accent; }
     }
     """
 
@@ -106,6 +198,8 @@ class ThreadView(ScrollView, can_focus=True):
         has_older: bool
         has_newer: bool
         focus_pos: int | None
+        calls: dict[str, tuple[CallRow, list[CallChange]]]
+        voicemails: dict[str, VoicemailRow]
 
     def __init__(
         self,
@@ -129,6 +223,8 @@ class ThreadView(ScrollView, can_focus=True):
         self.has_older = False
         self.has_newer = False
         self.hit_pos: int | None = None
+        self.calls: dict[str, tuple[CallRow, list[CallChange]]] = {}
+        self.voicemails: dict[str, VoicemailRow] = {}
         self._lines: list[Strip] = []
         self._line_of_pos: dict[int, int] = {}
         self._width = 0
@@ -190,7 +286,10 @@ class ThreadView(ScrollView, can_focus=True):
             for cid, command, args, state, error in cache.pending_outbox(conversation_id)
             if command in ("send_sms", "add_note")
         ]
-        self.post_message(self._Page(generation, where, rows, pending, has_older, has_newer, focus))
+        # Calls and voicemails sit in the thread as rows with no body; their details come in two more queries.
+        calls = cache.calls(r.id for r in rows if r.direction == "call")
+        voicemails = cache.voicemails(r.id for r in rows if r.direction == "voicemail")
+        self.post_message(self._Page(generation, where, rows, pending, has_older, has_newer, focus, calls, voicemails))
 
     def on_thread_view__page(self, message: _Page) -> None:
         message.stop()
@@ -206,6 +305,9 @@ class ThreadView(ScrollView, can_focus=True):
             self.rows = self.rows + message.rows
         else:
             self.rows = message.rows
+            self.calls, self.voicemails = {}, {}
+        self.calls.update(message.calls)
+        self.voicemails.update(message.voicemails)
         self.pending = message.pending
         self.has_older, self.has_newer = message.has_older, message.has_newer
         self._rebuild()
@@ -269,6 +371,10 @@ class ThreadView(ScrollView, can_focus=True):
                 add(Text(rule, day_style))
             positions[row.pos] = len(lines)
             hit = style("thread-view--hit") if row.pos == self.hit_pos else None
+            if row.direction in ("call", "voicemail"):
+                self._voice(row, now, add)
+                lines.append(Strip.blank(width))
+                continue
             add(self._header(row, now), 0, hit)
             body_style = {
                 "inbound": style("thread-view--inbound", partial=True),
@@ -299,6 +405,39 @@ class ThreadView(ScrollView, can_focus=True):
         self.virtual_size = Size(width, len(lines))
         self.refresh()
 
+    def _voice(self, row: MessageRow, now: datetime, add: Callable[..., None]) -> None:
+        """A call with its timeline, or a voicemail with its length and recording."""
+        style = self.get_component_rich_style
+        meta, accent = style("thread-view--meta", partial=True), style("thread-view--call", partial=True)
+        head = Text("", end="")
+        if row.direction == "voicemail":
+            voicemail = self.voicemails.get(row.id)
+            head.append("◀ Voicemail", accent + Style(bold=True))
+            head.append(f" from {self.customer_label} · {times.short(row.at, now, self.tz)}", meta)
+            if voicemail is None:
+                add(head)
+                return
+            head.append(f" · {clock_time(voicemail.duration)}", Style(bold=True))
+            why = VOICEMAIL_REASONS.get(voicemail.reason or "", one_line(voicemail.reason or ""))
+            if why:
+                head.append(f" · {why}", meta)
+            add(head)
+            add(Text(f"recording: {one_line(voicemail.recording_url)}.mp3", meta, end=""), 4)
+            return
+        found = self.calls.get(row.id)
+        head.append("☎ Call", accent + Style(bold=True))
+        head.append(f" from {self.customer_label} · {times.short(row.at, now, self.tz)}", meta)
+        if found is None:
+            add(head)
+            return
+        call, timeline = found
+        head.append(f" · {call_summary(call, self.phone_region)}", Style(bold=True))
+        add(head)
+        for change in timeline:
+            when = times.parse(change.at)
+            stamp = when.astimezone(self.tz).strftime("%H:%M:%S") if when is not None else "        "
+            add(Text(f"{stamp}  {change_words(change, self.phone_region)}", meta, end=""), 4)
+
     def _header(self, row: MessageRow, now: datetime) -> Text:
         style = self.get_component_rich_style
         meta = style("thread-view--meta", partial=True)
@@ -310,7 +449,8 @@ class ThreadView(ScrollView, can_focus=True):
             head.append(f" · {when}", meta)
             return head
         if row.direction == "note":
-            head.append("  ✎ note", style("thread-view--note", partial=True))
+            # A wrap-up note keeps its call's SID: it is that call's disposition.
+            head.append("  ✎ wrap-up note" if row.sid else "  ✎ note", style("thread-view--note", partial=True))
             head.append(f" by {one_line(row.agent or 'someone')} · {when}", meta)
             return head
         head.append("  ▶ ", style("thread-view--outbound", partial=True))
