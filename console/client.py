@@ -27,6 +27,7 @@ import logging
 import random
 import re
 import socket
+import sqlite3
 import time
 import uuid
 from collections.abc import AsyncGenerator, Callable, Sequence
@@ -50,10 +51,17 @@ log = logging.getLogger("switchboard.console.link")
 T = TypeVar("T")
 
 APPLY_BATCH: Final = 500
-"""Most events applied in one transaction (one thread hop)."""
+"""Most live events applied in one transaction (one thread hop)."""
+CATCH_UP_BATCH: Final = 4000
+"""Most events applied in one transaction while catching up: a commit costs a write of every page it dirtied, and
+a missed day lands in random conversations, so bigger batches write each index page once instead of many times."""
+CATCH_UP_CACHE_KIB: Final = 32 * 1024
+"""SQLite page cache of the link's connection while catching up (the default is 2 MiB): the indexes of a large cache
+are mostly re-read otherwise. Measured on a 1M-message cache: 140k events in 4000-event batches took 24 s with the
+default cache and automatic checkpoints, 18 s with this and no checkpoints until caught up."""
 BATCH_WINDOW: Final = 0.005
 """Seconds to wait for more events before applying a batch that is not full."""
-FRAME_QUEUE: Final = 4 * APPLY_BATCH
+FRAME_QUEUE: Final = 2 * CATCH_UP_BATCH
 """Frames read ahead of the cache; beyond this the socket is not read, and TCP slows the bridge down."""
 READ_CHUNK: Final = 16 * 1024
 """Bytes read from the socket per loop callback (see _limit_reads)."""
@@ -300,6 +308,7 @@ class BridgeLink:
         on_signal: Callable[[protocol.Signal], None] | None = None,
         backoff: Backoff | None = None,
         apply_batch: int = APPLY_BATCH,
+        catch_up_batch: int = CATCH_UP_BATCH,
         fetch_head: bool = True,
     ) -> None:
         self.bridge_url = bridge_url
@@ -319,6 +328,7 @@ class BridgeLink:
         """Called with other agents' ephemeral signals (viewing, typing, idle); never cached."""
         self.backoff = backoff or Backoff()
         self.apply_batch = max(1, apply_batch)
+        self.catch_up_batch = max(self.apply_batch, catch_up_batch)
         self.fetch_head = fetch_head
         # One worker thread owns every cache call the link makes: writes are serialised, the loop never waits.
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="switchboard-link")
@@ -329,6 +339,8 @@ class BridgeLink:
         self._session: _Session | None = None
         self._wake = asyncio.Event()
         self._closed = False
+        self._bulk = False
+        """The worker's connection is tuned for catching up (only the worker thread reads or sets this)."""
         self._inner: asyncio.Task[LinkStatus] | None = None
         """The task doing run()'s work; stop() cancels it, whoever awaits run()."""
         self._stopped: asyncio.Task[LinkStatus] | None = None
@@ -509,6 +521,7 @@ class BridgeLink:
         _limit_reads(ws)
         session = _Session(ws)
         self._session = session
+        self._catch_up_mode(True)
         self._set(LinkState.CATCHING_UP, f"Catching up with {host}…", retry_at=None, applied=0)
         frames: asyncio.Queue[Any] = asyncio.Queue(FRAME_QUEUE)
         tasks = [asyncio.create_task(self._read(ws, frames), name="link-read")]
@@ -519,6 +532,8 @@ class BridgeLink:
                 await self._consume(session, frames, tasks)
             finally:
                 self._session = None
+                if not session.live:
+                    self._catch_up_mode(False)
                 await _finish(tasks, ws)
         except _Retry as exc:
             since = session.live_since
@@ -549,7 +564,8 @@ class BridgeLink:
                 frame = await frames.get()
             if isinstance(frame, protocol.Event):
                 batch = [frame]
-                while len(batch) < self.apply_batch:
+                limit = self.apply_batch if session.live else self.catch_up_batch
+                while len(batch) < limit:
                     try:
                         nxt = frames.get_nowait()
                     except asyncio.QueueEmpty:
@@ -572,6 +588,7 @@ class BridgeLink:
                 self._ended(frame[1])
             elif isinstance(frame, dict) and frame.get("type") == protocol.CAUGHT_UP:
                 session.live_since = time.monotonic()
+                self._catch_up_mode(False)
                 cursor = self._status.cursor or 0
                 head = max(cursor, self._status.head or 0)
                 agent = frame.get("agent")
@@ -643,7 +660,16 @@ class BridgeLink:
         try:
             return self.cache.apply(batch), self.cache.cursor(), None
         except GapError as gap:
-            return [], self.cache.cursor(), gap
+            # Keep what came before the gap: the reconnect then resumes right at it.
+            cursor = self.cache.cursor()
+            prefix = []
+            for event in batch:
+                if event.seq > cursor + len(prefix) + 1:
+                    break
+                if event.seq > cursor:
+                    prefix.append(event)
+            applied = self.cache.apply(prefix) if prefix else []
+            return applied, self.cache.cursor(), gap
         except Exception as exc:
             if len(batch) == 1:
                 log.error("could not apply event %d", batch[0].seq, exc_info=True)
@@ -821,6 +847,29 @@ class BridgeLink:
         with self.cache._write_lock:
             self.cache.conn().execute("DELETE FROM outbox WHERE state = 'done' AND created_at < ?", (week_ago,))
         return self._read_counts()
+
+    def _catch_up_mode(self, on: bool) -> None:
+        """Queue the tuning on the worker without waiting: it is FIFO, so it lands between the right batches."""
+        with contextlib.suppress(RuntimeError):  # the worker is shut down: the link is closed
+            self._worker.submit(self._catch_up_mode_sync, on)
+
+    def _catch_up_mode_sync(self, on: bool) -> None:
+        """Tune the link's own connection for a long catch-up (a big page cache, the WAL left to grow), or back for
+        live events, folding the WAL into the database once (PASSIVE: readers are never blocked)."""
+        if on == self._bulk:
+            return
+        self._bulk = on
+        try:
+            conn = self.cache.conn()
+            if on:
+                conn.execute(f"PRAGMA cache_size = -{CATCH_UP_CACHE_KIB}")
+                conn.execute("PRAGMA wal_autocheckpoint = 0")
+            else:
+                conn.execute("PRAGMA cache_size = -2000")  # SQLite's default
+                conn.execute("PRAGMA wal_autocheckpoint = 1000")
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error:  # only speed is at stake
+            log.warning("could not tune the cache for catching up", exc_info=True)
 
     async def _db(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._worker, fn, *args)

@@ -309,7 +309,7 @@ async def test_catch_up_from_zero_applies_in_batches_and_reports_progress(world:
     seed_log(world.settings, 3000)
     await world.bridge.start()
     cache = world.cache()
-    seen = world.link(cache)
+    seen = world.link(cache, catch_up_batch=500)  # 3000 events in several batches, so progress shows
     observed: list[LinkState] = []
 
     async def watch() -> None:
@@ -813,7 +813,7 @@ async def test_a_catch_up_stopped_midway_resumes_where_the_cache_stopped(world: 
     seed_log(world.settings, 3000)
     await world.bridge.start()
     cache = world.cache()
-    seen = world.link(cache)
+    seen = world.link(cache, catch_up_batch=500)
     stopping: list[asyncio.Task[None]] = []
 
     def first_batch(batch: AppliedBatch) -> None:
