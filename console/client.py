@@ -662,14 +662,13 @@ class BridgeLink:
         except GapError as gap:
             # Keep what came before the gap: the reconnect then resumes right at it.
             cursor = self.cache.cursor()
-            prefix = []
+            prefix: list[protocol.Event] = []
             for event in batch:
                 if event.seq > cursor + len(prefix) + 1:
                     break
                 if event.seq > cursor:
                     prefix.append(event)
-            applied = self.cache.apply(prefix) if prefix else []
-            return applied, self.cache.cursor(), gap
+            return (self.cache.apply(prefix) if prefix else []), self.cache.cursor(), gap
         except Exception as exc:
             if len(batch) == 1:
                 log.error("could not apply event %d", batch[0].seq, exc_info=True)
