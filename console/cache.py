@@ -219,6 +219,13 @@ def m004_voice(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX queue_depth_by_time ON queue_depth (at)")
 
 
+@migrations()
+def m005_no_sid_index(db: sqlite_utils.Database) -> None:
+    # Nothing looks messages up by Twilio SID (status events name the bridge's message_id), and the index cost a
+    # random B-tree insert per text: a tenth of a long catch-up into a large cache.
+    db.execute("DROP INDEX messages_by_sid")
+
+
 # Delivery status precedence, as the bridge applies it (statuses arrive already resolved; this guards replays).
 _FAILED = {"failed", "undelivered"}
 
