@@ -435,7 +435,7 @@ class Interpreter:
             with contextlib.suppress(asyncio.CancelledError):
                 await music
         call.hearing = ""
-        seconds = int((time.monotonic() - started) / self.voice.config.voice_time_scale)
+        seconds = self.voice.elapsed(started)
         return self.action(verb.action, verb.method, self._dial_result("completed", None, seconds, True))
 
     async def conference_music(self, call: Call, participant: Participant) -> None:

@@ -128,7 +128,8 @@ class Voice:
         """Whole simulated seconds since a ``time.monotonic()`` reading."""
         if since is None:
             return 0
-        return int((time.monotonic() - since) / self.config.voice_time_scale)
+        # Rounded, not truncated: the event loop may wake a timer up to its clock resolution early.
+        return round((time.monotonic() - since) / self.config.voice_time_scale)
 
     def duration(self, call: Call) -> int | None:
         if call.answered_at is None:
@@ -137,7 +138,7 @@ class Voice:
 
     def _span(self, call: Call) -> int:
         assert call.answered_at is not None and call.ended_at is not None
-        return int((call.ended_at - call.answered_at) / self.config.voice_time_scale)
+        return round((call.ended_at - call.answered_at) / self.config.voice_time_scale)
 
     # --- tasks ----------------------------------------------------------------------------------------------
 
@@ -317,6 +318,9 @@ class Voice:
 
     async def _phase(self, call: Call, coro: Coroutine[Any, Any, None]) -> None:
         """Run one stretch of a call's life as its own task, so a hangup or redirect can stop just that."""
+        if call.hangup_status is not None:
+            coro.close()  # hung up before this stretch began (e.g. canceled right after it was created)
+            return
         call.phase = asyncio.create_task(coro, name=f"phase {call.sid}")
         try:
             await call.phase
@@ -687,6 +691,8 @@ class Voice:
         conference.label_ending = ending.label if ending else None
         conference.date_updated = self.config.clock()
         for participant in list(conference.participants):
+            if participant.status != "connected":
+                self.hangup(participant.call)  # still ringing: nobody is left to join
             self.leave_conference(participant, "conference-ended")
         if conference.ever_joined:
             self.conference_event(conference, "conference-end")
