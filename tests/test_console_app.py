@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, timedelta
@@ -76,6 +77,33 @@ async def test_thread_shows_delivery_failures_with_twilios_meaning(cache: Cache)
         await settle(pilot)
         shown = " ".join(text_of(app.query_one(ThreadView)._lines).split())  # the header may wrap
         assert "✗ undelivered — 30003: Unreachable destination handset" in shown
+
+
+async def test_a_long_thread_opens_at_its_newest_and_is_then_drawn_whole(tmp_path: Path) -> None:
+    """The first frame draws only the last screenful; the rest follows without moving the reader."""
+    cache = Cache(tmp_path / "cache.db")
+    log = EventLog()
+    for n in range(120):
+        log.inbound(customer(7), f"text number {n}", NOW - timedelta(minutes=200 - n))
+    fill(cache, log.events)
+    async with running(cache) as (app, pilot):
+        thread = app.query_one(ThreadView)
+        drawn_from: list[int] = []
+        rebuild = thread._rebuild
+
+        def spy(first_row: int = 0) -> None:
+            drawn_from.append(first_row)
+            rebuild(first_row)
+
+        thread._rebuild = spy  # type: ignore[method-assign]
+        app.main.open_conversation(log.events[0].data["conversation_id"])
+        await settle(pilot)
+        assert drawn_from[0] > 100 and drawn_from[-1] == 0  # the last screenful first, then everything
+        shown = text_of(thread._lines)
+        assert thread._first_row == 0 and re.search(r"text number 0\b", shown) and "text number 119" in shown
+        assert thread.is_vertical_scroll_end
+        visible = text_of([thread.render_line(y) for y in range(thread.scrollable_content_region.height)])
+        assert "text number 119" in visible and not re.search(r"text number 0\b", visible)
 
 
 async def test_hostile_customer_text_is_shown_inert(tmp_path: Path) -> None:

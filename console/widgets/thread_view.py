@@ -230,6 +230,9 @@ class ThreadView(ScrollView, can_focus=True):
         self._width = 0
         self._generation = 0
         self._busy = False
+        self._first_row = 0
+        """The first of ``rows`` drawn: a fresh page is drawn from the newest message up to a screen or two, and
+        the rest right after that frame (wrapping a long page took ~20 ms, most of a switch between threads)."""
 
     # -- loading ---------------------------------------------------------------------------------------------
 
@@ -310,7 +313,12 @@ class ThreadView(ScrollView, can_focus=True):
         self.voicemails.update(message.voicemails)
         self.pending = message.pending
         self.has_older, self.has_newer = message.has_older, message.has_newer
-        self._rebuild()
+        to_bottom = message.where == "fresh" and message.focus_pos is None and (at_bottom or self.hit_pos is None)
+        # At the bottom only the last screenful shows: draw that now and the rest once it is on screen.
+        first = max(0, len(self.rows) - (2 * self.scrollable_content_region.height) // 3 - 2) if to_bottom else 0
+        self._rebuild(first)
+        if first:
+            self.call_after_refresh(self._draw_the_rest, self._generation)
         if message.where == "older":
             self.scroll_to(y=old_y + len(self._lines) - old_height, animate=False)
         elif message.focus_pos is not None and message.focus_pos in self._line_of_pos:
@@ -318,8 +326,19 @@ class ThreadView(ScrollView, can_focus=True):
         elif message.where == "fresh" and (at_bottom or self.hit_pos is None):
             self.scroll_end(animate=False, immediate=True)
 
+    def _draw_the_rest(self, generation: int) -> None:
+        if generation != self._generation or not self._first_row:
+            return
+        at_bottom = self.is_vertical_scroll_end
+        drawn, y = len(self._lines), self.scroll_offset.y
+        self._rebuild(0)
+        if at_bottom:
+            self.scroll_end(animate=False, immediate=True)
+        else:
+            self.scroll_to(y=y + len(self._lines) - drawn, animate=False, immediate=True)
+
     def _maybe_page(self) -> None:
-        if self._busy or self.conversation_id is None:
+        if self._busy or self.conversation_id is None or self._first_row:
             return
         y, height = int(self.scroll_offset.y), self.scrollable_content_region.height
         if self.has_older and y < NEAR_EDGE:
@@ -339,9 +358,11 @@ class ThreadView(ScrollView, can_focus=True):
 
     def on_resize(self) -> None:
         if self.scrollable_content_region.width != self._width:
-            self._rebuild()
+            self._rebuild(self._first_row)
 
-    def _rebuild(self) -> None:
+    def _rebuild(self, first_row: int = 0) -> None:
+        """Draw ``rows[first_row:]`` (all of them by default), the pending outbox and the markers."""
+        self._first_row = first_row
         width = max(20, self.scrollable_content_region.width)
         self._width = self.scrollable_content_region.width
         style = self.get_component_rich_style
@@ -350,7 +371,8 @@ class ThreadView(ScrollView, can_focus=True):
         lines: list[Strip] = []
         positions: dict[int, int] = {}
         console = self.app.console
-        last_day = ""
+        rows = self.rows[first_row:]
+        last_day = times.day(self.rows[first_row - 1].at, now, self.tz) if first_row else ""
 
         def add(text: Text, indent: int = 0, line_style: Style | None = None) -> None:
             for part in text.wrap(console, max(10, width - indent - 1)):
@@ -361,9 +383,9 @@ class ThreadView(ScrollView, can_focus=True):
                     strip = strip.apply_style(line_style)
                 lines.append(strip.adjust_cell_length(width))
 
-        if self.has_older:
+        if self.has_older and not first_row:
             add(Text("  ↑ older messages load as you scroll up", meta))
-        for row in self.rows:
+        for row in rows:
             label = times.day(row.at, now, self.tz)
             if label != last_day:
                 last_day = label
