@@ -187,6 +187,9 @@ class Voice:
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+            # Awaiting a finished task does not yield, so its done-callback (which forgets it) may not have
+            # run yet: forget them here, or this loop would spin without ever letting the loop run.
+            self._tasks.difference_update(tasks)
 
     # --- webhook parameters ---------------------------------------------------------------------------------
 
