@@ -290,7 +290,10 @@ class MainScreen(CallControls, Screen[None]):
             and e.data.get("offered_to") == me
             and me
         ]
-        queued = [e for e in voice if e.type == protocol.CALL_UPDATED and e.data.get("change") == "queued"]
+        # A new caller is news only to an agent who could take the call: during a call, or away, the panel says it.
+        keys = self.calls.keys
+        free = keys.state is None and keys.presence != "away"
+        queued = [e for e in voice if free and e.type == protocol.CALL_UPDATED and e.data.get("change") == "queued"]
         region = self.console_app.config.region
         if offered:
             who = display_number(str(offered[-1].data.get("customer_number", "")), region)

@@ -129,7 +129,9 @@ class CallsPanel(Vertical):
         shown = board.mine or board.offered
         bar.show(shown, board.mine_since, board.wrap_up, board.mine is None and board.offered is not None, now)
         queue = self.queue
-        queue.styles.height = min(len(board.waiting), self._queue_rows())
+        rows = min(len(board.waiting), self._queue_rows())
+        if queue.styles.height is None or queue.styles.height.value != rows:  # a new height means a layout pass
+            queue.styles.height = rows
         queue.set_rows(board.waiting, now)
         self._minute = None
         self._show_header(now)

@@ -51,9 +51,11 @@ class MyCallBar(Widget):
         self.wrap_up = False
         self.offered = False
         self.now: datetime | None = None
+        self._caller = Text()
 
     def show(self, call: CallRow | None, since: str | None, wrap_up: bool, offered: bool, now: datetime) -> None:
         self.call, self.since, self.wrap_up, self.offered, self.now = call, since, wrap_up, offered, now
+        self._caller = self.caller(call) if call is not None else Text()  # formatted once, not once a second
         self.set_class(wrap_up, "-wrap-up")
         self.set_class(offered, "-offered")
         self.refresh()
@@ -89,7 +91,7 @@ class MyCallBar(Widget):
             expires = times.parse(call.offer_expires_at or "")
             left = None if expires is None else max(0, int((expires - now).total_seconds()))
             line.append(" · ")
-            line.append_text(self.caller(call))
+            line.append_text(self._caller)
             if left is not None:
                 line.append(f" · {left}s to accept", "bold")
             return line
@@ -97,7 +99,7 @@ class MyCallBar(Widget):
             line.append("✎ Wrap-up", "bold")
             line.append(timer)
             line.append(" · ")
-            line.append_text(self.caller(call))
+            line.append_text(self._caller)
             if talking is not None:
                 line.append(f" · talked {clock_time(talking)}", "dim")
             line.append(" · a disposition note is due before the next call", "italic")
@@ -105,7 +107,7 @@ class MyCallBar(Widget):
         if call.agent != self.me and transfer.get("target") == self.me:
             line.append("☎ Transfer for you", "bold")
             line.append(f" from {one_line(str(transfer.get('by') or call.agent or 'a colleague'))}{timer} · ")
-            line.append_text(self.caller(call))
+            line.append_text(self._caller)
             return line
         labels = {
             "ringing_agent": "☎ Ringing your phone",
@@ -120,7 +122,7 @@ class MyCallBar(Widget):
         else:
             line.append(timer)
         line.append(" · ")
-        line.append_text(self.caller(call))
+        line.append_text(self._caller)
         if call.state == "consulting":
             line.append(" · caller on hold", "dim")
         if call.state != "connected" and talking is not None:
