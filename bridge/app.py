@@ -107,7 +107,7 @@ def create_app(
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await runner.wait_idle()
-            await voice.wait_idle()
+            await voice.close()
             if http is None:
                 await client.aclose()
             await store.close()

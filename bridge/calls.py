@@ -175,18 +175,18 @@ def set_presence(
         "since = excluded.since, idle_since = coalesce(?, presence.idle_since)",
         (agent, presence, reason, call_sid, wrap_up_call, tx.now, idle_since or tx.now, idle_since),
     )
-    if before.presence != presence or before.call_sid != call_sid:
-        tx.append(
-            protocol.AGENT_PRESENCE,
-            {
-                "agent": agent,
-                "presence": presence,
-                "previous": before.presence,
-                "reason": reason,
-                "call_sid": call_sid,
-                "at": tx.now,
-            },
-        )
+    # Every change is one consoles show, busy on a call → busy wrapping it up included.
+    tx.append(
+        protocol.AGENT_PRESENCE,
+        {
+            "agent": agent,
+            "presence": presence,
+            "previous": before.presence,
+            "reason": reason,
+            "call_sid": call_sid,
+            "at": tx.now,
+        },
+    )
     return True
 
 
@@ -314,6 +314,7 @@ def back_to_queue(tx: Tx, row: sqlite3.Row, change: str, reason: str, redirect: 
         offered_to=None,
         offer_expires_at=None,
         waiting_since=tx.now,
+        caller_joined=0,
         reason=reason,
         **fields,
     )

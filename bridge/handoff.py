@@ -643,7 +643,8 @@ class Handoff:
         try:
             await request
         except TwilioError as exc:
-            if exc.status != 404:
+            # 21220: the call is no longer in progress (it ended first): nothing left to do either.
+            if exc.status != 404 and exc.code != 21220:
                 raise
 
     async def _participant(self, row: sqlite3.Row, who: str | None) -> str | None:
@@ -715,8 +716,9 @@ class Handoff:
 
     async def _dequeue(self, row: sqlite3.Row) -> None:
         queue_sid = row["queue_sid"] or await self.rest.find_queue(row["last_queue"])
-        if queue_sid is None:
-            raise TwilioUnavailable(f"no Twilio queue named {row['last_queue']!r} holds the caller")
+        if queue_sid is None or row["caller_joined"]:
+            # Not in the queue yet (still hearing the greeting): the wait loop sends them on when they get there.
+            return
         await self._ignoring_gone(self.rest.dequeue_member(queue_sid, row["call_sid"], self.url("/twilio/voice/join")))
 
     async def recover(self) -> int:
@@ -729,6 +731,13 @@ class Handoff:
         found = await self.store.read(pending)
         self.run_intents(found, resumed=True)
         return len(found)
+
+    async def close(self) -> None:
+        """At shutdown: no more presence timers; wait for the REST work under way."""
+        for timer in self._offline_timers.values():
+            timer.cancel()
+        self._offline_timers.clear()
+        await self.wait_idle()
 
     async def wait_idle(self) -> None:
         while self._tasks:

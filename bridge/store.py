@@ -297,7 +297,7 @@ def m003_voice(db: sqlite_utils.Database) -> None:
             call_seq INTEGER NOT NULL DEFAULT -1,  -- last applied SequenceNumber of the caller's status callbacks
             conference_sid TEXT,
             conf_seq INTEGER NOT NULL DEFAULT -1,  -- last applied SequenceNumber of the conference's callbacks
-            missed_text INTEGER NOT NULL DEFAULT 0,
+            caller_joined INTEGER NOT NULL DEFAULT 0,  -- the caller was sent into the conference (join TwiML)
             updated_at TEXT NOT NULL
         )"""
     )

@@ -26,6 +26,7 @@ from starlette.responses import Response
 
 from bridge import protocol, twiml
 from bridge.calls import (
+    IN_CONFERENCE,
     TERMINAL_STATUSES,
     call_row,
     end_call,
@@ -314,6 +315,10 @@ def wait(tx: Tx, voice: Handoff, req: QueueRequest) -> bytes:
     queue = voice.queues.named(row["last_queue"]) or voice.queues.for_number(row["twilio_number"])
     if req.queue_sid and row["queue_sid"] != req.queue_sid:
         tx.execute("UPDATE calls SET queue_sid = ? WHERE call_sid = ?", (req.queue_sid, req.call_sid))
+    if row["state"] in IN_CONFERENCE and not row["caller_joined"]:
+        # The agent answered before the caller reached <Enqueue> (they were still hearing the greeting), so the
+        # REST dequeue found nobody: leave now, and the <Enqueue> action sends them into the conference.
+        return twiml.leave()
     if row["state"] != "queued":
         return twiml.wait(None, queue.wait_music)  # an agent's phone is ringing for them: keep them waiting
     waited = (parse_ts(tx.now) - parse_ts(row["waiting_since"])).total_seconds()
@@ -350,6 +355,8 @@ def queue_exit(tx: Tx, voice: Handoff, req: QueueRequest) -> bytes:
     if result == "hangup":
         end_call(tx, row, "The caller hung up while waiting.")
         return twiml.empty()
+    if result == "leave" and row["state"] in IN_CONFERENCE and not row["caller_joined"]:
+        return join(tx, voice, req)
     if result in ("leave", "queue-full"):
         if row["state"] == "queued":
             update_call(
@@ -362,6 +369,12 @@ def queue_exit(tx: Tx, voice: Handoff, req: QueueRequest) -> bytes:
         end_call(tx, row, "Twilio could not keep the caller in the queue.", outcome="failed")
         return twiml.goodbye("Sorry, something went wrong. Please call again.")
     return twiml.empty()  # bridged or redirected: the bridge took them out, their new TwiML is running
+
+
+def join(tx: Tx, voice: Handoff, req: QueueRequest) -> bytes:
+    """The caller, out of the queue for an agent who answered, joins the call's conference."""
+    tx.execute("UPDATE calls SET caller_joined = 1 WHERE call_sid = ?", (req.call_sid,))
+    return twiml.join_conference(req.call_sid, voice.url("/twilio/voice/conference"), "")
 
 
 def status(tx: Tx, voice: Handoff, req: CallRequest, leg_id: str | None) -> bytes:
@@ -568,11 +581,7 @@ async def voice_queue_exit_webhook(request: Request) -> Response:
 
 async def voice_join_webhook(request: Request) -> Response:
     """POST /twilio/voice/join: the caller, taken out of the queue for an agent who answered, joins the conference."""
-    return await _answer(
-        request,
-        QueueRequest.from_params,
-        lambda tx, v, req, _q: twiml.join_conference(req.call_sid, v.url("/twilio/voice/conference"), ""),
-    )
+    return await _answer(request, QueueRequest.from_params, lambda tx, v, req, _q: join(tx, v, req))
 
 
 async def voice_conference_webhook(request: Request) -> Response:
