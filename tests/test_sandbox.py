@@ -327,7 +327,7 @@ def test_unknown_message_and_unknown_resource_are_20404(harness: Harness, shared
         harness.client(shared_sandbox).messages("SM" + "0" * 32).fetch()
     assert (raised.value.status, raised.value.code) == (404, 20404)
     with httpx.Client(base_url=shared_sandbox, auth=(ACCOUNT_SID, TOKEN)) as http:
-        answer = http.get(f"/2010-04-01/Accounts/{ACCOUNT_SID}/Calls.json")
+        answer = http.get(f"/2010-04-01/Accounts/{ACCOUNT_SID}/Recordings.json")
         assert answer.status_code == 404 and answer.json()["code"] == 20404
         assert set(answer.json()) == {"code", "message", "more_info", "status"}  # never `type` + `title`
 
