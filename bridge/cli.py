@@ -128,7 +128,13 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from bridge.demo import run_demo
 
-    return run_demo(data_dir=args.data_dir, rate=args.rate, seconds=args.seconds, for_console=args.for_console)
+    return run_demo(
+        data_dir=args.data_dir,
+        rate=args.rate,
+        seconds=args.seconds,
+        for_console=args.for_console,
+        call_rate=args.call_rate,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -166,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--data-dir", type=Path, help="keep the demo's data here (default: a temporary directory)")
     demo.add_argument("--rate", type=float, default=20.0, help="simulated customer texts per minute")
     demo.add_argument("--seconds", type=float, default=None, help="stop after this many seconds")
+    demo.add_argument(
+        "--call-rate", type=float, default=2.0, help="simulated calls per minute with --for-console (0: none)"
+    )
     demo.add_argument(
         "--for-console",
         action="store_true",

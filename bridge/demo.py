@@ -21,10 +21,12 @@ from websockets.asyncio.client import connect
 from bridge import protocol
 from bridge.app import create_app
 from bridge.settings import Settings
-from bridge.store import add_agent, open_database
+from bridge.store import add_agent, open_database, set_agent_phone
 
 DEMO_ACCOUNT_SID = "AC" + "d" * 32
 DEMO_AUTH_TOKEN = "demo-auth-token-not-a-secret"
+DEMO_CALL_RATE = 2.0
+"""Simulated callers per minute in `demo --for-console` (the console's calls panel has something to show)."""
 CANNED_REPLIES = [
     "Thanks for reaching out! Let me look into that for you.",
     "Got it — I'm checking your order now.",
@@ -133,7 +135,12 @@ async def run_agent(bridge_url: str, token: str, out: TextIO, reply_delay: float
 
 
 async def demo(
-    data_dir: Path, rate: float, seconds: float | None, out: TextIO = sys.stdout, for_console: bool = False
+    data_dir: Path,
+    rate: float,
+    seconds: float | None,
+    out: TextIO = sys.stdout,
+    for_console: bool = False,
+    call_rate: float = DEMO_CALL_RATE,
 ) -> None:
     from bridge.sandbox.app import SandboxConfig, create_sandbox_app
 
@@ -149,10 +156,14 @@ async def demo(
     )
     db = open_database(settings.db_path)
     try:
-        token = add_agent(db, "you" if for_console else f"demo-agent-{bridge_port}")
+        me = "you" if for_console else f"demo-agent-{bridge_port}"
+        token = add_agent(db, me)
         if for_console:
-            for teammate in ("ana", "ben"):  # someone to assign to
+            # Phones the sandbox plays (they ring, then answer), so calls can be accepted and transferred.
+            set_agent_phone(db, me, "client:you")
+            for teammate in ("ana", "ben"):  # someone to assign to, or transfer a call to
                 add_agent(db, teammate)
+                set_agent_phone(db, teammate, f"client:{teammate}")
     finally:
         db.close()
     sandbox = SandboxConfig(
@@ -161,6 +172,7 @@ async def demo(
         bridge_url=bridge_url,
         public_url=sandbox_url,
         customer_rate=rate,
+        caller_rate=call_rate if for_console else 0.0,
     )
     async with _serving(create_app(settings), bridge_port), _serving(create_sandbox_app(sandbox), sandbox_port):
         if for_console:
@@ -196,7 +208,11 @@ async def demo(
 
 
 def run_demo(
-    data_dir: Path | None = None, rate: float = 20.0, seconds: float | None = None, for_console: bool = False
+    data_dir: Path | None = None,
+    rate: float = 20.0,
+    seconds: float | None = None,
+    for_console: bool = False,
+    call_rate: float = DEMO_CALL_RATE,
 ) -> int:
     # One line per event is the demo's output; per-request HTTP logs would drown it.
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -204,7 +220,7 @@ def run_demo(
         if data_dir is None:
             data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="switchboard-demo-")))
         loop = asyncio.new_event_loop()
-        main = loop.create_task(demo(data_dir, rate, seconds, for_console=for_console))
+        main = loop.create_task(demo(data_dir, rate, seconds, for_console=for_console, call_rate=call_rate))
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(signal.SIGINT, main.cancel)
             loop.add_signal_handler(signal.SIGTERM, main.cancel)

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 from urllib.parse import parse_qsl
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import PlainTextResponse, Response
 
 from bridge import signature
@@ -155,7 +155,10 @@ async def verified(request: Request, parse: Callable[[Sequence[tuple[str, str]]]
     """
     bridge = bridge_of(request)
     try:
-        body = await read_body(request, bridge.settings.max_body_bytes)
+        try:
+            body = await read_body(request, bridge.settings.max_body_bytes)
+        except ClientDisconnect:  # Twilio gave up (or shut down) mid-body: nobody is left to answer
+            raise Refusal(400, "the client went away before sending the whole body") from None
         params, raw_body = parse_params(request.headers.get("content-type", ""), body)
         check_signature(request, bridge.settings, params, raw_body)
         try:
