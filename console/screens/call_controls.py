@@ -131,7 +131,7 @@ class CallControls:
         if command == protocol.ACCEPT_CALL:
             conversation = result.data.get("conversation_id")
             if isinstance(conversation, str) and conversation:
-                main.open_conversation(conversation)
+                main.open_caller(conversation)
             main.notify("Ringing your phone: answer it to talk to the caller.", title="Call")
         elif command == protocol.HANG_UP:
             # The wrap-up dialog opens once the bridge's events say the call is in wrap-up (now, or when they come).
@@ -292,7 +292,7 @@ class CallControls:
         panel = main.calls
         call = panel.mine or panel.queue.highlighted
         if call is not None:
-            main.open_conversation(call.conversation_id)
+            main.open_caller(call.conversation_id)
             main.thread.focus()
 
     def action_focus_queue(self) -> None:

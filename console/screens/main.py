@@ -223,6 +223,12 @@ class MainScreen(CallControls, Screen[None]):
         if self._opening != event.conversation_id:
             self.open_conversation(event.conversation_id)
 
+    def open_caller(self, conversation_id: str) -> None:
+        """Open a caller's conversation from the calls panel, with the inbox's cursor on it (if the filter shows
+        it), so the inbox and the thread agree."""
+        self.open_conversation(conversation_id)
+        self.inbox.select(conversation_id)
+
     def open_conversation(self, conversation_id: str, at_pos: int | None = None) -> None:
         self._opening = conversation_id
         self._load_header(conversation_id, at_pos, mark_read=True)
@@ -260,7 +266,7 @@ class MainScreen(CallControls, Screen[None]):
 
     @on(CallQueue.Selected)
     def _caller_selected(self, event: CallQueue.Selected) -> None:
-        self.open_conversation(event.conversation_id)
+        self.open_caller(event.conversation_id)
 
     def on_calls_panel_changed(self, message: CallsPanel.Changed) -> None:
         before, self._call_keys = self._call_keys, message.keys
@@ -277,7 +283,7 @@ class MainScreen(CallControls, Screen[None]):
                 self.notify("The call ended. Press w for its wrap-up note.", title="Call")
         elif state is not None and previous is None and mine is not None and mine.agent != self.console_app.agent:
             self.notify("A colleague is transferring a call to you: answer your phone.", title="Call")
-            self.open_conversation(mine.conversation_id)
+            self.open_caller(mine.conversation_id)
 
     def _announce_calls(self, voice: list[protocol.Event]) -> None:
         """Live (not while catching up): a bell and a toast for a call offered to this agent or newly queued."""
@@ -469,7 +475,7 @@ class MainScreen(CallControls, Screen[None]):
         if free and panel.waiting:
             call = panel.board.offered if panel.board and panel.board.offered else panel.waiting[0]
             if current is None or current.id != call.conversation_id:
-                self.open_conversation(call.conversation_id)
+                self.open_caller(call.conversation_id)
                 panel.queue.select(call.call_sid)
                 panel.queue.focus()
                 self.notify("A caller is waiting: A takes the call, n goes on to the texts.", title="Call")
