@@ -363,3 +363,41 @@ async def test_the_thread_shows_calls_and_voicemails(tmp_path: Path) -> None:
         assert "◀ Voicemail" in shown and "0:42" in shown and "nobody answered in time" in shown
         assert "/Recordings/RE" in shown and ".mp3" in shown
         assert "went to voicemail" in shown
+
+
+async def test_an_offered_call_can_be_accepted_or_declined(tmp_path: Path) -> None:
+    cache = make_cache(tmp_path, mine=None)
+    async with running(cache) as (app, pilot, link):
+        offered = app.query_one(CallsPanel).waiting[1]
+        calls = follow_up(cache)
+        expires = iso(NOW + timedelta(seconds=15))
+        calls.update(offered.call_sid, "offered", NOW, offered_to="you", offer_expires_at=expires)
+        link.deliver(calls.log.events)
+        await settle(pilot)
+        assert "Offered to you" in bar(app) and "15s to accept" in bar(app)
+        assert "offered to you" in toasts(app)
+        assert app.main.check_action("decline_call", ()) is True
+        await pilot.press("D")
+        await settle(pilot)
+        assert (link.sent[-1].command, link.sent[-1].args) == ("decline_call", {"call_sid": offered.call_sid})
+        await pilot.press("A")  # the offered call, not the one waiting longest
+        await settle(pilot)
+        assert (link.sent[-1].command, link.sent[-1].args) == ("accept_call", {"call_sid": offered.call_sid})
+
+
+async def test_a_colleagues_transfer_to_me_opens_the_callers_thread(tmp_path: Path) -> None:
+    cache = make_cache(tmp_path, mine=None)
+    async with running(cache) as (app, pilot, link):
+        theirs = next(
+            c
+            for c, _ in cache.calls(r[0] for r in cache.conn().execute("SELECT call_sid FROM calls")).values()
+            if c.agent == "bob" and c.state == "connected"
+        )
+        calls = follow_up(cache)
+        cold = {"mode": "cold", "target_kind": "agent", "target": "you", "state": "ringing", "by": "bob"}
+        calls.update(theirs.call_sid, "transfer_started", NOW, state="transferring", on_hold=True, transfer=cold)
+        link.deliver(calls.log.events)
+        await settle(pilot)
+        assert "Transfer for you from bob" in bar(app)
+        assert app.query_one(ThreadView).conversation_id == theirs.conversation_id
+        assert "transferring a call to you" in toasts(app)
