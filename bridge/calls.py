@@ -126,13 +126,17 @@ def add_intent(tx: Tx, call_sid: str, steps: list[dict[str, Any]]) -> None:
     )
     assert cur.lastrowid is not None
     # Tx has no slot for this; the list lives on this operation's Tx only, which is discarded after the commit.
-    pending: list[tuple[str, int]] = tx.__dict__.setdefault("voice_intents", [])
-    pending.append((call_sid, cur.lastrowid))
+    pending: list[Intent] = tx.__dict__.setdefault("voice_intents", [])
+    pending.append((call_sid, cur.lastrowid, steps))
 
 
-def intents_of(tx: Tx) -> list[tuple[str, int]]:
-    """(call, intent id) for every intent this operation recorded, in order: run them once it commits."""
-    found: list[tuple[str, int]] = tx.__dict__.get("voice_intents", [])
+Intent = tuple[str, int, list[dict[str, Any]]]
+"""(call, intent id, steps): what to run once the operation that recorded it commits."""
+
+
+def intents_of(tx: Tx) -> list[Intent]:
+    """Every intent this operation recorded, in order: run them once it commits."""
+    found: list[Intent] = tx.__dict__.get("voice_intents", [])
     return list(found)
 
 

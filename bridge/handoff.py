@@ -22,6 +22,7 @@ from bridge import protocol
 from bridge.calls import (
     IN_CONFERENCE,
     SYSTEM_AGENT,
+    Intent,
     add_intent,
     add_leg,
     back_to_queue,
@@ -172,7 +173,7 @@ class Handoff:
         except Refusal as exc:
             refusal = exc
 
-        def op(tx: Tx) -> tuple[protocol.Result, list[tuple[str, int]]]:
+        def op(tx: Tx) -> tuple[protocol.Result, list[Intent]]:
             known = _recorded(tx, agent, cmd.id)
             if known is not None:
                 return known, []
@@ -238,7 +239,8 @@ class Handoff:
         if presence_of(tx.conn, agent).presence == "busy":
             raise Refusal("agent_busy", "You are on a call or wrapping one up: finish it (wrap_up) first.")
         leg = add_leg(tx, wanted, "agent", agent, str(phone[0]))
-        add_intent(tx, wanted, [{"op": "dial", "leg": leg, "end_on_exit": True}])
+        dial = {"op": "dial", "leg": leg, "to": str(phone[0]), "from": row["twilio_number"], "end_on_exit": True}
+        add_intent(tx, wanted, [dial])
         set_presence(tx, agent, "busy", "on_call", call_sid=wanted)
         tx.execute("DELETE FROM offer_declines WHERE call_sid = ?", (wanted,))
         update_call(
@@ -371,7 +373,7 @@ class Handoff:
             self._hold_step(row, True),
             # From now on the agent leaving must not end the conference: the caller would be dropped.
             {"op": "participant", "who": agent_leg, "set": {"EndConferenceOnExit": "false"}},
-            {"op": "dial", "leg": leg, "end_on_exit": False},
+            {"op": "dial", "leg": leg, "to": endpoint, "from": row["twilio_number"], "end_on_exit": False},
         ]
         if target_agent is not None:
             set_presence(tx, target_agent, "busy", "on_call", call_sid=call_sid)
@@ -570,11 +572,11 @@ class Handoff:
 
     # -- carrying out intents ------------------------------------------------------------------------------------
 
-    def run_intents(self, intents: list[tuple[str, int]], resumed: bool = False) -> None:
+    def run_intents(self, intents: list[Intent], resumed: bool = False) -> None:
         """Carry out intents after their commit: in order per call, each call's independently of the others."""
-        for call_sid, intent in intents:
+        for call_sid, intent, steps in intents:
             before = self._chains.get(call_sid)
-            task = asyncio.create_task(self._execute(before, call_sid, intent, resumed), name=f"intent {intent}")
+            task = asyncio.create_task(self._execute(before, call_sid, intent, steps, resumed), name=f"intent {intent}")
             self._chains[call_sid] = task
             self._tasks.add(task)
             task.add_done_callback(lambda t, sid=call_sid: self._done(t, sid))  # type: ignore[misc]
@@ -584,16 +586,13 @@ class Handoff:
         if self._chains.get(call_sid) is task:
             del self._chains[call_sid]
 
-    async def _execute(self, before: asyncio.Task[None] | None, call_sid: str, intent: int, resumed: bool) -> None:
+    async def _execute(
+        self, before: asyncio.Task[None] | None, call_sid: str, intent: int, steps: list[dict[str, Any]], resumed: bool
+    ) -> None:
         if before is not None:
             await asyncio.wait([before])
-        row = await self.store.read(
-            lambda conn: conn.execute("SELECT steps FROM voice_intents WHERE id = ?", (intent,)).fetchone()
-        )
-        if row is None:
-            return
         problems: list[str] = []
-        for step in json.loads(row[0]):
+        for step in steps:
             try:
                 await self._step(call_sid, step, resumed)
             except (TwilioError, TwilioUnavailable) as exc:
@@ -611,19 +610,20 @@ class Handoff:
         )
 
     async def _step(self, call_sid: str, step: dict[str, Any], resumed: bool) -> None:
+        op = step["op"]
+        if op == "dial":  # carries all it needs: the accept key's first REST request leaves without a read
+            await self._dial(call_sid, step, resumed)
+            return
         row = await self.store.read(lambda conn: call_row(conn, call_sid))
         if row is None:
             return
         conference = row["conference_sid"] or call_sid
-        op = step["op"]
-        if op == "dial":
-            await self._dial(row, step["leg"], bool(step["end_on_exit"]), resumed)
-        elif op == "dequeue":
-            await self._dequeue(row)
-        elif op == "participant":
+        if op == "participant":
             who = await self._participant(row, step["who"])
             if who is not None:
                 await self._ignoring_gone(self.rest.update_participant(conference, who, list(step["set"].items())))
+        elif op == "dequeue":
+            await self._dequeue(row)
         elif op in ("kick", "hangup_leg"):
             who = await self._participant(row, step.get("who") or step.get("leg"))
             if who is not None:
@@ -658,24 +658,25 @@ class Handoff:
             return None
         return str(leg["leg_sid"] or leg["leg_id"])
 
-    async def _dial(self, row: sqlite3.Row, leg_id: str, end_on_exit: bool, resumed: bool) -> None:
-        call_sid = row["call_sid"]
-        leg = await self.store.read(lambda conn: leg_row(conn, leg_id))
-        if leg is None or leg["status"] != "dialing":
-            return  # hung up (or settled) before we got to dial it
-        conference = row["conference_sid"] or call_sid
+    async def _dial(self, call_sid: str, step: dict[str, Any], resumed: bool) -> None:
+        leg_id = step["leg"]
+        # Participants are created in the conference by its name (the caller's CallSid): it may not exist yet.
+        conference = call_sid
         if resumed:  # the last run may have dialled it before the crash: look first
+            leg = await self.store.read(lambda conn: leg_row(conn, leg_id))
+            if leg is None or leg["status"] != "dialing":
+                return  # hung up (or settled) meanwhile
             found = await self.rest.fetch_participant(conference, leg_id)
             if found is not None:
                 await self._learn_leg(leg_id, found)
                 return
         form = [
-            ("From", row["twilio_number"]),
-            ("To", leg["endpoint"]),
+            ("From", step["from"]),
+            ("To", step["to"]),
             ("Label", leg_id),
             ("Beep", "false"),
             ("StartConferenceOnEnter", "true"),
-            ("EndConferenceOnExit", "true" if end_on_exit else "false"),
+            ("EndConferenceOnExit", "true" if step["end_on_exit"] else "false"),
             ("Timeout", str(self.settings.ring_timeout)),
             ("StatusCallback", self.url(f"/twilio/voice/status?leg={leg_id}")),
             ("StatusCallbackMethod", "POST"),
@@ -687,9 +688,9 @@ class Handoff:
         try:
             created = await self.rest.create_participant(conference, form)
         except (TwilioError, TwilioUnavailable) as exc:
-            log.warning("call %s: could not dial %s: %s", call_sid, leg["endpoint"], exc)
+            log.warning("call %s: could not dial %s: %s", call_sid, step["to"], exc)
 
-            def failed(tx: Tx) -> list[tuple[str, int]]:
+            def failed(tx: Tx) -> list[Intent]:
                 current, now_leg = call_row(tx.conn, call_sid), leg_row(tx.conn, leg_id)
                 if current is not None and now_leg is not None and now_leg["status"] == "dialing":
                     leg_ended(tx, now_leg, current, "failed")
@@ -724,9 +725,11 @@ class Handoff:
     async def recover(self) -> int:
         """Resume the intents a crash interrupted (looking before dialling); returns how many."""
 
-        def pending(conn: sqlite3.Connection) -> list[tuple[str, int]]:
-            rows = conn.execute("SELECT call_sid, id FROM voice_intents WHERE state = 'pending' ORDER BY id").fetchall()
-            return [(str(r[0]), int(r[1])) for r in rows]
+        def pending(conn: sqlite3.Connection) -> list[Intent]:
+            rows = conn.execute(
+                "SELECT call_sid, id, steps FROM voice_intents WHERE state = 'pending' ORDER BY id"
+            ).fetchall()
+            return [(str(r[0]), int(r[1]), json.loads(r[2])) for r in rows]
 
         found = await self.store.read(pending)
         self.run_intents(found, resumed=True)

@@ -28,6 +28,7 @@ from bridge import protocol, twiml
 from bridge.calls import (
     IN_CONFERENCE,
     TERMINAL_STATUSES,
+    Intent,
     call_row,
     end_call,
     intents_of,
@@ -517,7 +518,7 @@ async def _answer(
     voice = bridge.voice
     assert voice is not None
 
-    def op(tx: Tx) -> tuple[bytes, list[tuple[str, int]]]:
+    def op(tx: Tx) -> tuple[bytes, list[Intent]]:
         if token is not None and not tx.claim_keys([f"token:{token}"]):
             # A redelivery: the first delivery changed what it had to; answer from the state as it now stands.
             return _replay(tx, voice, item, query), []
