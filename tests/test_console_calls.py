@@ -180,6 +180,8 @@ async def test_hold_and_mute_toggle_my_call(tmp_path: Path) -> None:
     async with running(make_cache(tmp_path)) as (app, pilot, link):
         mine = app.query_one(CallsPanel).mine
         assert mine is not None and mine.on_hold
+        offered = {c.title for c in app.get_system_commands(app.main)}  # the command palette
+        assert {"Hold", "Mute", "Transfer", "Hang up"} <= offered and "Accept call" not in offered
         await pilot.press("h", "M")
         await settle(pilot)
         assert [(c.command, c.args) for c in link.sent] == [
