@@ -6,6 +6,7 @@ state and appends the events that say what happened, all or nothing.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import secrets
@@ -14,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bridge import protocol
-from bridge.conversations import reopen_on_customer_text
+from bridge.conversations import REOPENED_BY_CUSTOMER, reopen_on_customer_text
 from bridge.store import STATUS_RANK, StoredEvent, Tx
 from bridge.twilio_errors import describe_error
 from bridge.types import E164, ConversationId, MessageId, MessageSid, conversation_id
@@ -237,19 +238,30 @@ def is_opted_out(conn: Any, twilio_number: str, customer_number: str) -> bool:
     return bool(row[0]) if row is not None else False
 
 
+_conversation_id = functools.lru_cache(maxsize=4096)(conversation_id)
+
+# One statement makes sure the conversation exists, moves its latest-message columns, and says where it stands.
+_UPSERT_CONVERSATION = (
+    "INSERT INTO conversations (id, twilio_number, customer_number, created_at, last_message_at, last_preview) "
+    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET last_message_at = excluded.last_message_at, "
+    "last_preview = excluded.last_preview RETURNING status"
+)
+_INSERT_INBOUND = (
+    "INSERT INTO messages (id, sid, conversation_id, direction, body, media, status, created_at, updated_at) "
+    "VALUES (?, ?, ?, 'inbound', ?, ?, 'received', ?, ?)"
+)
+
+
 def record_inbound(tx: Tx, msg: InboundMessage, idempotency_token: str | None) -> list[StoredEvent] | None:
     """Store an inbound text; None if this MessageSid (or idempotency token) was already recorded."""
-    keys = [f"sms:{msg.sid}"] + ([f"token:{idempotency_token}"] if idempotency_token else [])
+    keys = [f"sms:{msg.sid}", f"token:{idempotency_token}"] if idempotency_token else [f"sms:{msg.sid}"]
     if not tx.claim_keys(keys):
         return None
-    cid = ensure_conversation(tx, msg.to_number, msg.from_number)
+    now = tx.now
+    cid = _conversation_id(msg.to_number, msg.from_number)
+    row = tx.one(_UPSERT_CONVERSATION, (cid, msg.to_number, msg.from_number, now, now, preview(msg.body, msg.media)))
     media = [m.to_json() for m in msg.media]
-    tx.execute(
-        "INSERT INTO messages (id, sid, conversation_id, direction, body, media, status, created_at, updated_at) "
-        "VALUES (?, ?, ?, 'inbound', ?, ?, 'received', ?, ?)",
-        (msg.sid, msg.sid, cid, msg.body, json.dumps(media), tx.now, tx.now),
-    )
-    _touch_conversation(tx, cid, preview(msg.body, msg.media))
+    tx.execute(_INSERT_INBOUND, (msg.sid, msg.sid, cid, msg.body, json.dumps(media) if media else "[]", now, now))
     data: dict[str, Any] = {
         "message_id": msg.sid,
         "message_sid": msg.sid,
@@ -259,14 +271,15 @@ def record_inbound(tx: Tx, msg: InboundMessage, idempotency_token: str | None) -
         "body": msg.body,
         "media": media,
         "num_segments": msg.num_segments,
-        "received_at": tx.now,
+        "received_at": now,
     }
     if msg.messaging_service_sid:
         data["messaging_service_sid"] = msg.messaging_service_sid
     if msg.extra:
         data["details"] = msg.extra
     tx.append(protocol.MESSAGE_RECEIVED, data)
-    reopen_on_customer_text(tx, cid)
+    if row is not None and row[0] in REOPENED_BY_CUSTOMER:
+        reopen_on_customer_text(tx, cid)
     intent = opt_out_intent(msg.body, msg.opt_out_type)
     if intent is not None:
         word = msg.opt_out_type or msg.body.strip().upper()

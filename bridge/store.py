@@ -84,12 +84,15 @@ class Agent:
 
 
 class Tx:
-    """One operation's view of the writer's transaction: append events and change state."""
+    """One operation's view of the writer's transaction: append events and change state.
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    ``now`` is read once per batch: every operation committed together shares it.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, now: str | None = None) -> None:
         self.conn = conn
         self.events: list[StoredEvent] = []
-        self.now = utc_now()
+        self.now = now or utc_now()
 
     def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> sqlite3.Cursor:
         return self.conn.execute(sql, params)
@@ -100,23 +103,37 @@ class Tx:
 
     def claim_keys(self, keys: Iterable[str]) -> bool:
         """Record idempotency keys; False (and nothing recorded) if any was seen before."""
-        keys = [k for k in keys if k]
+        keys = list(dict.fromkeys(k for k in keys if k))
         if not keys:
             return True
-        marks = ",".join("?" * len(keys))
-        if self.one(f"SELECT 1 FROM seen_keys WHERE key IN ({marks}) LIMIT 1", keys):
-            return False
-        self.conn.executemany("INSERT INTO seen_keys (key, seen_at) VALUES (?, ?)", [(k, self.now) for k in keys])
-        return True
+        if len(keys) == 1:
+            cur = self.conn.execute("INSERT OR IGNORE INTO seen_keys (key, seen_at) VALUES (?, ?)", (keys[0], self.now))
+            return cur.rowcount == 1
+        # One statement for all the keys; it returns the ones it inserted (the new ones).
+        values = ",".join(["(?, ?)"] * len(keys))
+        params = [value for key in keys for value in (key, self.now)]
+        claimed = self.conn.execute(
+            f"INSERT OR IGNORE INTO seen_keys (key, seen_at) VALUES {values} RETURNING key", params
+        ).fetchall()
+        if len(claimed) == len(keys):
+            return True
+        if claimed:  # some were new, some seen before: a duplicate, so the new ones are not kept either
+            marks = ",".join("?" * len(claimed))
+            self.conn.execute(f"DELETE FROM seen_keys WHERE key IN ({marks})", [row[0] for row in claimed])
+        return False
 
     def append(self, type: str, data: dict[str, Any]) -> StoredEvent:
-        data_json = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+        data_json = _encode_json(data)
         cur = self.conn.execute("INSERT INTO events (type, ts, data) VALUES (?, ?, ?)", (type, self.now, data_json))
         seq = cur.lastrowid
         assert seq is not None
         event = StoredEvent(seq=seq, type=type, ts=self.now, data_json=data_json)
         self.events.append(event)
         return event
+
+
+_encode_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+"""Events' data as the log stores it (UTF-8 text, compact); one encoder built once, not one per event."""
 
 
 Operation = Callable[[Tx], T]
@@ -477,22 +494,19 @@ class SqliteStore:
                     pending.future.set_result(outcome.value)
 
     def _commit_batch(self, ops: list[Operation[Any]]) -> list[_Outcome]:
+        """Run a batch in one transaction and commit it. An operation that raises is undone alone: the batch is
+        rolled back and run again with each operation in its own savepoint (so operations may run more than once,
+        and must not act outside the transaction), which the usual batch, where nothing fails, does not pay for."""
         conn = self._writer_conn
-        outcomes: list[_Outcome] = []
+        now = utc_now()  # one clock reading per batch
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for op in ops:
-                tx = Tx(conn)
-                conn.execute("SAVEPOINT op")
-                try:
-                    value = op(tx)
-                except Exception as exc:  # this operation alone is undone; the rest of the batch commits
-                    conn.execute("ROLLBACK TO op")
-                    conn.execute("RELEASE op")
-                    outcomes.append(_Outcome(error=exc))
-                    continue
-                conn.execute("RELEASE op")
-                outcomes.append(_Outcome(value=value, events=tx.events))
+            outcomes = self._run_ops(conn, ops, now)
+            if outcomes is None:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                conn.execute("BEGIN IMMEDIATE")
+                outcomes = self._run_ops_isolated(conn, ops, now)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -500,6 +514,37 @@ class SqliteStore:
             raise
         self.batches_committed += 1
         self.ops_committed += len(ops)
+        return outcomes
+
+    @staticmethod
+    def _run_ops(conn: sqlite3.Connection, ops: list[Operation[Any]], now: str) -> list[_Outcome] | None:
+        """Every operation in the open transaction; None as soon as one raises (the transaction is then dirty)."""
+        outcomes: list[_Outcome] = []
+        for op in ops:
+            tx = Tx(conn, now)
+            try:
+                value = op(tx)
+            except Exception:
+                return None
+            outcomes.append(_Outcome(value=value, events=tx.events))
+        return outcomes
+
+    @staticmethod
+    def _run_ops_isolated(conn: sqlite3.Connection, ops: list[Operation[Any]], now: str) -> list[_Outcome]:
+        """Every operation in its own savepoint: one that raises is undone alone; the rest of the batch commits."""
+        outcomes: list[_Outcome] = []
+        for op in ops:
+            tx = Tx(conn, now)
+            conn.execute("SAVEPOINT op")
+            try:
+                value = op(tx)
+            except Exception as exc:
+                conn.execute("ROLLBACK TO op")
+                conn.execute("RELEASE op")
+                outcomes.append(_Outcome(error=exc))
+                continue
+            conn.execute("RELEASE op")
+            outcomes.append(_Outcome(value=value, events=tx.events))
         return outcomes
 
     # -- reading ---------------------------------------------------------------------------------------------
