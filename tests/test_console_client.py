@@ -370,7 +370,9 @@ async def test_live_events_arrive_as_batches_naming_their_conversations(world: W
     # A question that is worth nothing later skips the outbox.
     await seen.link.send_now(protocol.Command("ask-1", protocol.LIST_AGENTS, {}))
     await until(lambda: len(seen.results) == 1, "the list of agents")
-    assert seen.results[0].ok and seen.results[0].data["agents"] == [{"name": "ana", "active": True}]
+    assert seen.results[0].ok and seen.results[0].data["agents"] == [
+        {"name": "ana", "active": True, "presence": "offline", "has_phone": False}
+    ]
     assert read_outbox(cache, states=()) == []
 
 
