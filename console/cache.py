@@ -300,8 +300,10 @@ class CallRow:
 
     @property
     def place(self) -> str:
-        """Where the caller is, from Twilio's geo fields: "San Francisco, CA", or ""."""
-        return ", ".join(p for p in (self.from_city, self.from_state) if p)
+        """Where the caller is, from Twilio's geo fields: "San Francisco, CA", or "". Twilio sends cities in
+        capitals ("AUSTIN"); they read better in title case."""
+        city = self.from_city.title() if self.from_city and self.from_city.isupper() else self.from_city
+        return ", ".join(p for p in (city, self.from_state) if p)
 
 
 @dataclass(frozen=True, slots=True)

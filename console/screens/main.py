@@ -280,7 +280,7 @@ class MainScreen(CallControls, Screen[None]):
                 self.hung_up = False
                 self.action_wrap_up()
             else:
-                self.notify("The call ended. Press w for its wrap-up note.", title="Call")
+                self.notify("You are off the call. Press w for its wrap-up note.", title="Call")
         elif state is not None and previous is None and mine is not None and mine.agent != self.console_app.agent:
             self.notify("A colleague is transferring a call to you: answer your phone.", title="Call")
             self.open_caller(mine.conversation_id)

@@ -121,7 +121,7 @@ class CallQueue(Widget, can_focus=True):
         else:
             label.append(number, Style(bold=True))
         # Where from: Twilio's city and state; else the country, when it is not the team's own.
-        place = one_line(", ".join(p for p in (row.from_city, row.from_state) if p))
+        place = one_line(row.place)
         if not place:
             country = row.from_country or region_name(row.customer_number) or ""
             place = one_line(country) if country.upper() != self.phone_region.upper() else ""

@@ -83,7 +83,9 @@ class MyCallBar(Widget):
         if call is None or now is None:
             return line
         in_state = _seconds(self.since, now)
-        talking = _seconds(call.answered_at, times.parse(call.ended_at or "") or now)
+        # Talk time stops when the call ends, or when this agent left it (wrap-up after a transfer).
+        end = times.parse(call.ended_at or "") or (times.parse(self.since or "") if self.wrap_up else None) or now
+        talking = _seconds(call.answered_at, end)
         timer = f" {clock_time(in_state)}" if in_state is not None else ""
         transfer = call.transfer or {}
         if self.offered:
