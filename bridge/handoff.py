@@ -733,6 +733,16 @@ class Handoff:
 
         found = await self.store.read(pending)
         self.run_intents(found, resumed=True)
+
+        def present(conn: sqlite3.Connection) -> list[str]:
+            rows = conn.execute("SELECT agent FROM presence WHERE presence IN ('available', 'away')").fetchall()
+            return [str(r[0]) for r in rows]
+
+        # Nobody is connected to a bridge that just started: those who do not come back within the grace period
+        # go offline, as if their consoles had disconnected now.
+        for agent in await self.store.read(present):
+            if agent not in self._online:
+                self.console_disconnected(agent)
         return len(found)
 
     async def close(self) -> None:

@@ -14,6 +14,7 @@ import json
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import time
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from websockets.asyncio.client import connect
 
 from bridge import protocol
 from bridge.app import create_app
-from bridge.queues import Queue, QueueConfig
+from bridge.queues import OpeningSpan, Queue, QueueConfig
 from bridge.sandbox.app import SandboxConfig, create_sandbox_app
 from bridge.settings import Settings
 from bridge.store import add_agent, open_database, set_agent_phone
@@ -173,7 +174,10 @@ def queues(**changes: Any) -> QueueConfig:
 
 @contextlib.asynccontextmanager
 async def loopback(
-    tmp_path: Path, queue_config: QueueConfig | None = None, **sandbox_changes: Any
+    tmp_path: Path,
+    queue_config: QueueConfig | None = None,
+    bridge_changes: dict[str, Any] | None = None,
+    **sandbox_changes: Any,
 ) -> AsyncIterator[World]:
     """The sandbox and the bridge on loopback; agents ana, ben and cal, each with a phone the sandbox answers."""
     settings = Settings(
@@ -185,7 +189,7 @@ async def loopback(
         rest_timeout=5.0,
         ring_timeout=10,
         presence_grace=0.2,
-    )
+    ).with_(**(bridge_changes or {}))
     db = open_database(settings.db_path)
     try:
         tokens = {name: add_agent(db, name) for name in ("ana", "ben", "cal")}
@@ -548,9 +552,7 @@ async def test_voicemail_after_the_longest_wait(tmp_path: Path) -> None:
 
 
 async def test_voicemail_outside_opening_hours(tmp_path: Path) -> None:
-    from bridge.queues import OpeningSpan
-
-    never = (OpeningSpan(frozenset(), __import__("datetime").time(9), __import__("datetime").time(10)),)
+    never = (OpeningSpan(frozenset(), time(9), time(10)),)  # open on no day at all
     async with loopback(tmp_path, queues(hours=never), voicemail_seconds=2.0) as world, world.agent("ana") as ana:
         sid = await world.call_in()
         started = await ana.call("voicemail_started", call_sid=sid)
@@ -566,7 +568,7 @@ async def test_voicemail_outside_opening_hours(tmp_path: Path) -> None:
 @pytest.mark.parametrize("chaos", ["duplicate", "reorder"])
 async def test_duplicated_and_reordered_callbacks_change_nothing(tmp_path: Path, chaos: str) -> None:
     share = {f"voice_{chaos}_callback_share": 0.5}
-    async with loopback(tmp_path, None, **share) as world, world.agent("ana") as ana:
+    async with loopback(tmp_path, None, None, **share) as world, world.agent("ana") as ana:
         sid = await connected(ana, world)
         await ana.do(protocol.HOLD_CALL, call_sid=sid, hold=True)
         await ana.do(protocol.HOLD_CALL, call_sid=sid, hold=False)
@@ -578,3 +580,68 @@ async def test_duplicated_and_reordered_callbacks_change_nothing(tmp_path: Path,
         presence = [f["data"]["presence"] for f in ana.events(protocol.AGENT_PRESENCE, agent="ana")]
         assert presence == ["available", "busy", "busy"]
         assert json.loads(world.db("SELECT agents FROM calls")[0][0]) == ["ana"]
+
+
+# -- more ways a call goes -----------------------------------------------------------------------------------------
+
+
+async def test_caller_hanging_up_while_the_agent_phone_rings_releases_the_agent(tmp_path: Path) -> None:
+    async with loopback(tmp_path) as world, world.agent("ana") as ana:
+        await world.phone(ANA_PHONE, ring=200.0)  # rings for a long while
+        sid = await queued(ana, world)
+        await world.until(lambda: _in_queue(world, sid), "the caller in the queue")
+        await ana.do(protocol.ACCEPT_CALL, call_sid=sid)
+        [leg] = await world.until(lambda: world.legs_to(ANA_PHONE), "ana's phone ringing")
+        await world.hang_up(sid)
+        ended = await ana.call("ended", call_sid=sid)
+        assert (ended["data"]["outcome"], ended["data"]["agents"]) == ("abandoned", [])
+        await ana.event(protocol.AGENT_PRESENCE, agent="ana", presence="available", reason="released")
+        await world.until(lambda: _ended(world, leg["sid"]), "ana's phone stopped ringing")
+
+
+async def test_agent_leaving_mid_consultation_leaves_the_caller_with_the_target(tmp_path: Path) -> None:
+    async with loopback(tmp_path) as world, world.agent("ana") as ana, world.agent("ben"):
+        sid = await connected(ana, world)
+        await ana.do(protocol.TRANSFER_CALL, call_sid=sid, mode="warm", target={"agent": "ben"})
+        await ana.call("transfer_answered", call_sid=sid)
+        [ana_leg] = await world.legs_to(ANA_PHONE)
+        await world.hang_up(ana_leg["sid"])  # ana puts her phone down: the caller must not be dropped
+        done = await ana.call("transfer_completed", call_sid=sid)
+        assert (done["data"]["agent"], done["data"]["state"]) == ("ben", "connected")
+        await world.until(lambda: _hold(world, sid, False), "the caller unheld, with ben")
+        assert (await world.sandbox_call(sid))["status"] == "in-progress"
+        await ana.event(protocol.AGENT_PRESENCE, agent="ana", reason="wrap_up", call_sid=sid)
+
+
+async def test_auto_offer_goes_to_the_longest_idle_agent_then_the_next(tmp_path: Path) -> None:
+    changes = {"auto_offer": True, "offer_timeout": 0.5}
+    async with loopback(tmp_path, bridge_changes=changes) as world, world.agent("ana") as ana:
+        await ana.event(protocol.AGENT_PRESENCE, agent="ana", presence="available")
+        async with world.agent("ben") as ben:
+            await ben.event(protocol.AGENT_PRESENCE, agent="ben", presence="available")
+            sid = await world.call_in()
+            first = await ana.call("offered", call_sid=sid)
+            assert first["data"]["offered_to"] == "ana" and first["data"]["offer_expires_at"]
+            wrong = await ben.do(protocol.DECLINE_CALL, call_sid=sid)
+            assert wrong["error"]["code"] == "not_offered"
+            assert (await ana.do(protocol.DECLINE_CALL, call_sid=sid))["ok"] is True
+            await ana.call("offer_declined", call_sid=sid)
+            second = await ben.wait_for(
+                lambda f: (
+                    f.get("type") == protocol.CALL_UPDATED
+                    and f["data"]["change"] == "offered"
+                    and f["data"]["offered_to"] == "ben"
+                )
+            )
+            assert second["data"]["call_sid"] == sid
+            # ben lets it time out: offered to nobody else (ana declined), the caller keeps waiting.
+            timed_out = await ben.wait_for(
+                lambda f: (
+                    f.get("type") == protocol.CALL_UPDATED
+                    and f["data"]["change"] == "offer_declined"
+                    and "in time" in (f["data"]["reason"] or "")
+                )
+            )
+            assert timed_out["data"]["state"] == "queued" and timed_out["data"]["offered_to"] is None
+            assert (await ben.do(protocol.ACCEPT_CALL, call_sid=sid))["ok"] is True
+            await ben.call("connected", call_sid=sid, agent="ben")
