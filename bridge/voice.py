@@ -511,7 +511,7 @@ async def _answer(
     """Verify, apply in one store operation, and answer with its TwiML once committed; then make its REST calls."""
     bridge = bridge_of(request)
     try:
-        item, token = await verified(request, parse)
+        item, _token = await verified(request, parse)
         query = _query(request)
     except Refusal as refusal:
         return refusal.response()
@@ -519,28 +519,15 @@ async def _answer(
     assert voice is not None
 
     def op(tx: Tx) -> tuple[bytes, list[Intent]]:
-        if token is not None and not tx.claim_keys([f"token:{token}"]):
-            # A redelivery: the first delivery changed what it had to; answer from the state as it now stands.
-            return _replay(tx, voice, item, query), []
+        # No idempotency-token check here, unlike the SMS webhooks: every voice webhook is idempotent by what it
+        # names (a known CallSid, a SequenceNumber already applied, a leg already settled, a RecordingSid already
+        # stored), and a retry must still get its TwiML, so a redelivery is answered again from the state as it
+        # now stands, changing nothing.
         return apply(tx, voice, item, query), intents_of(tx)
 
     answer, intents = await bridge.store.write(op)
     voice.run_intents(intents)
     return Response(answer, media_type="text/xml; charset=utf-8")
-
-
-def _replay(tx: Tx, voice: Handoff, item: object, query: dict[str, str]) -> bytes:
-    """The TwiML for a redelivered webhook, computed without changing anything."""
-    if isinstance(item, CallRequest) and "leg" not in query and item.status in ("ringing", "queued"):
-        row = call_row(tx.conn, item.call_sid)
-        if row is not None and row["state"] == "queued":
-            queue = voice.queues.named(row["last_queue"]) or voice.queues.for_number(row["twilio_number"])
-            return twiml.enqueue(
-                queue.name, queue.greeting, voice.url("/twilio/voice/queue-exit"), voice.url("/twilio/voice/wait")
-            )
-    if isinstance(item, RecordingRequest) and item.status is None:
-        return twiml.goodbye("Thank you for your message. Goodbye.")
-    return twiml.empty()
 
 
 def _query(request: Request) -> dict[str, str]:

@@ -315,10 +315,18 @@ def test_an_incoming_call_is_greeted_queued_and_logged(voice: tuple[TestClient, 
         "ACME CORP",
     )
     assert call["conversation_id"] == conversation_id(OUR_NUMBER, CUSTOMER) and call["from_city"] == "SAN FRANCISCO"
-    # Twilio retrying the same call (a new idempotency token) queues nothing twice, and gets the same TwiML.
-    again = post(client, VOICE, call_params(CallerName="ACME CORP"))
-    assert [e.tag for e in parse(again.content)] == ["Say", "Enqueue"]
+    # Twilio retrying the same request (same idempotency token) queues nothing twice, and gets its TwiML again;
+    # so does the caller's join (a retry answered with nothing would hang the caller up).
+    body, headers = signed(VOICE, call_params(CallerName="ACME CORP"))
+    first = client.post(VOICE, content=body, headers=headers)
+    again = client.post(VOICE, content=body, headers=headers)
+    assert [e.tag for e in parse(first.content)] == [e.tag for e in parse(again.content)] == ["Say", "Enqueue"]
     assert changes(settings) == ["queued"]
+    join_url = f"{BASE}/twilio/voice/join"
+    body, headers = signed(join_url, [("CallSid", CALL), ("QueueSid", QUEUE_SID)])
+    for _ in range(2):
+        [dial] = list(parse(client.post(join_url, content=body, headers=headers).content))
+        assert dial.tag == "Dial" and dial[0].text == CALL
 
 
 def test_voice_webhooks_check_the_signature(voice: tuple[TestClient, Settings, dict[str, str]]) -> None:
