@@ -403,3 +403,24 @@ async def test_a_colleagues_transfer_to_me_opens_the_callers_thread(tmp_path: Pa
         assert "Transfer for you from bob" in bar(app)
         assert app.query_one(ThreadView).conversation_id == theirs.conversation_id
         assert "transferring a call to you" in toasts(app)
+
+
+async def test_hostile_caller_names_and_queues_are_shown_inert(tmp_path: Path) -> None:
+    cache = Cache(tmp_path / "cache.db")
+    calls = CallLog(EventLog())
+    calls.presence("you", "available", "connected", NOW - timedelta(hours=1))
+    hostile = "[bold red]FREE[/] \x1b[31mred\x1b]0;pwned\x07"
+    calls.start(
+        "+15125550199", NOW - timedelta(seconds=30), queue="[link=x]q[/link]", caller_name=hostile, city="\x1b[2J"
+    )
+    cache.apply(calls.log.events)
+    async with running(cache) as (app, pilot, link):
+        row = text_of([app.query_one(CallQueue).render_line(0)])
+        assert "[bold red]FREE[/]" in row and "[link=x]q[/link]" in row
+        assert "\x1b" not in row and "\x07" not in row and "␛[2J" in row
+        await pilot.press("A")
+        await settle(pilot)
+        link.refuse(link.sent[-1], "already_taken", "Taken.", {"agent": "[b]ana[/b]"})
+        await settle(pilot)
+        assert "[b]ana[/b] took that call." in toasts(app)
+        assert app.is_running

@@ -114,7 +114,9 @@ class CallControls:
         main = self._main
         app = main.console_app
         if app.link is not None and app.link.status.state is not LinkState.CONNECTED and command not in QUEUEABLE:
-            main.notify("Calls need the bridge, and it is not connected: nothing was sent.", severity="warning")
+            main.notify(
+                "Calls need the bridge, and it is not connected: nothing was sent.", severity="warning", markup=False
+            )
             return
         command_id = await app.run_command(command, args, conversation_id)
         if command_id is not None:
@@ -124,7 +126,7 @@ class CallControls:
         """The bridge answered one of this console's call commands."""
         main = self._main
         if not result.ok:
-            main.notify(refusal(command, result), severity="error", title="Call")
+            main.notify(refusal(command, result), severity="error", title="Call", markup=False)
             if result.error_code in ("already_taken", "call_ended", "unknown_call"):
                 main.calls.reload(main.console_app.agent)
             return
@@ -132,7 +134,7 @@ class CallControls:
             conversation = result.data.get("conversation_id")
             if isinstance(conversation, str) and conversation:
                 main.open_caller(conversation)
-            main.notify("Ringing your phone: answer it to talk to the caller.", title="Call")
+            main.notify("Ringing your phone: answer it to talk to the caller.", title="Call", markup=False)
         elif command == protocol.HANG_UP:
             # The wrap-up dialog opens once the bridge's events say the call is in wrap-up (now, or when they come).
             if main.calls.keys.state == "wrap_up":
@@ -140,11 +142,16 @@ class CallControls:
             else:
                 main.hung_up = True
         elif command == protocol.WRAP_UP:
-            main.notify("Wrapped up: you can take the next call.", title="Call")
+            main.notify("Wrapped up: you can take the next call.", title="Call", markup=False)
         elif command == protocol.SET_PRESENCE:
-            main.notify(f"You are {one_line(str(result.data.get('presence') or args.get('presence')))}.")
+            presence = one_line(str(result.data.get("presence") or args.get("presence")))
+            main.notify(f"You are {presence}.", markup=False)
         elif command == protocol.TRANSFER_CALL and args.get("mode") == "warm":
-            main.notify("Talking to the transfer target; the caller is on hold. T completes, C cancels.", title="Call")
+            main.notify(
+                "Talking to the transfer target; the caller is on hold. T completes, C cancels.",
+                title="Call",
+                markup=False,
+            )
 
     # -- the actions -----------------------------------------------------------------------------------------
 
@@ -160,7 +167,7 @@ class CallControls:
         main = self._main
         panel = main.calls
         if panel.keys.state == "wrap_up":
-            main.notify("Write the last call's wrap-up note first.", severity="warning", title="Call")
+            main.notify("Write the last call's wrap-up note first.", severity="warning", title="Call", markup=False)
             self.action_wrap_up()
             return
         board = panel.board
@@ -238,7 +245,7 @@ class CallControls:
         app = main.console_app
         agents, queues = await asyncio.gather(app.ask(protocol.LIST_AGENTS), app.ask(protocol.LIST_QUEUES))
         if agents is None:
-            main.notify("Transferring needs the bridge: it is not connected.", severity="warning")
+            main.notify("Transferring needs the bridge: it is not connected.", severity="warning", markup=False)
             return
         choices: list[Choice] = []
         for agent in agents.data.get("agents", []):

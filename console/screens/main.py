@@ -280,9 +280,9 @@ class MainScreen(CallControls, Screen[None]):
                 self.hung_up = False
                 self.action_wrap_up()
             else:
-                self.notify("You are off the call. Press w for its wrap-up note.", title="Call")
+                self.notify("You are off the call. Press w for its wrap-up note.", title="Call", markup=False)
         elif state is not None and previous is None and mine is not None and mine.agent != self.console_app.agent:
-            self.notify("A colleague is transferring a call to you: answer your phone.", title="Call")
+            self.notify("A colleague is transferring a call to you: answer your phone.", title="Call", markup=False)
             self.open_caller(mine.conversation_id)
 
     def _announce_calls(self, voice: list[protocol.Event]) -> None:
@@ -303,11 +303,11 @@ class MainScreen(CallControls, Screen[None]):
         region = self.console_app.config.region
         if offered:
             who = display_number(str(offered[-1].data.get("customer_number", "")), region)
-            self.notify(f"A call from {who} is offered to you: A accepts, D declines.", title="Call")
+            self.notify(f"A call from {who} is offered to you: A accepts, D declines.", title="Call", markup=False)
         elif queued:
             who = display_number(str(queued[-1].data.get("customer_number", "")), region)
             more = f" (and {len(queued) - 1} more)" if len(queued) > 1 else ""
-            self.notify(f"{who} is waiting{more}. A takes the longest-waiting call.", title="Call")
+            self.notify(f"{who} is waiting{more}. A takes the longest-waiting call.", title="Call", markup=False)
         if (offered or queued) and self.console_app.config.bell:
             self.app.bell()
 
@@ -478,7 +478,9 @@ class MainScreen(CallControls, Screen[None]):
                 self.open_caller(call.conversation_id)
                 panel.queue.select(call.call_sid)
                 panel.queue.focus()
-                self.notify("A caller is waiting: A takes the call, n goes on to the texts.", title="Call")
+                self.notify(
+                    "A caller is waiting: A takes the call, n goes on to the texts.", title="Call", markup=False
+                )
                 return
         self._next_text()
 

@@ -114,7 +114,7 @@ class CallQueue(Widget, can_focus=True):
     def _label(self, row: CallRow) -> Text:
         dim = self.get_component_rich_style("call-queue--dim", partial=True)
         label = Text(no_wrap=True, overflow="ellipsis", end="")
-        number = display_number(row.customer_number, self.phone_region)
+        number = one_line(display_number(row.customer_number, self.phone_region))
         if row.caller_name:
             label.append(one_line(row.caller_name)[:24], Style(bold=True))
             label.append(f"  {number}")

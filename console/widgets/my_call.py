@@ -23,7 +23,7 @@ def _target(transfer: dict[str, object]) -> str:
     target = str(transfer.get("target") or "")
     kind = transfer.get("target_kind")
     if kind == "number":
-        return display_number(target)
+        return one_line(display_number(target))
     if kind == "queue":
         return f"the {one_line(target)} queue"
     return one_line(target)
@@ -67,7 +67,7 @@ class MyCallBar(Widget):
 
     def caller(self, call: CallRow) -> Text:
         who = Text(end="")
-        number = display_number(call.customer_number, self.phone_region)
+        number = one_line(display_number(call.customer_number, self.phone_region))
         if call.caller_name:
             who.append(one_line(call.caller_name), "bold")
             who.append(f" {number}")

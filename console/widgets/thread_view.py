@@ -79,7 +79,7 @@ def _target(transfer: dict[str, object] | None, region: str) -> str:
     target = str(transfer.get("target") or "")
     kind = transfer.get("target_kind")
     if kind == "number":
-        return display_number(target, region)
+        return one_line(display_number(target, region))
     if kind == "queue":
         return f"the {one_line(target)} queue"
     return one_line(target)
