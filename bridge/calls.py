@@ -407,7 +407,7 @@ def leg_ended(tx: Tx, leg: sqlite3.Row, row: sqlite3.Row, status: str) -> None:
             release_agent(tx, row["agent"], call_sid)
             who = row["agent"] or "The agent"
             back_to_queue(
-                tx, row, "agent_no_answer", f"{who}'s phone {said}; the caller is still first in line.", False
+                tx, row, "agent_no_answer", f"{who}'s phone {said}; the caller keeps their place in the queue.", False
             )
             return
         if transfer is not None and transfer["state"] in ("ringing", "consulting") and transfer["mode"] == "warm":
@@ -415,8 +415,9 @@ def leg_ended(tx: Tx, leg: sqlite3.Row, row: sqlite3.Row, status: str) -> None:
             start_wrap_up(tx, row["agent"], call_sid)
             if transfer["state"] == "consulting":
                 complete_transfer(tx, row, transfer)
-            else:
-                update_call(tx, call_sid, "transfer_started", transfer={**transfer, "agent_left": True})
+            else:  # the target, when they answer, takes the caller straight away (nobody is left to consult)
+                marked = json.dumps({**transfer, "agent_left": True})
+                tx.execute("UPDATE calls SET transfer = ? WHERE call_sid = ?", (marked, call_sid))
             return
         if answered:
             # The agent hung up: their leg ends the conference, and with it the caller's call (status callback).
@@ -429,17 +430,7 @@ def leg_ended(tx: Tx, leg: sqlite3.Row, row: sqlite3.Row, status: str) -> None:
     target = transfer["target"]
     if not answered:
         failed = {**transfer, "state": "failed"}
-        if transfer["mode"] == "cold":
-            back_to_queue(
-                tx,
-                row,
-                "transfer_failed",
-                f"{target} {said}; the caller is back at the front of the queue.",
-                True,
-                transfer=failed,
-            )
-            return
-        if transfer.get("agent_left"):
+        if transfer["mode"] == "cold" or transfer.get("agent_left"):  # nobody is left with the caller
             back_to_queue(
                 tx,
                 row,

@@ -250,6 +250,7 @@ class Handoff:
             state="ringing_agent",
             agent=agent,
             agent_leg=leg,
+            transfer=None,  # a transfer that failed earlier is history (its changes are in the log)
             offered_to=None,
             offer_expires_at=None,
         )
