@@ -31,6 +31,7 @@ from bridge.calls import (
     end_call,
     hang_up_leg,
     intents_of,
+    leg_answered,
     leg_ended,
     leg_row,
     presence_of,
@@ -670,6 +671,7 @@ class Handoff:
             found = await self.rest.fetch_participant(conference, leg_id)
             if found is not None:
                 await self._learn_leg(leg_id, found)
+                await self._catch_up_leg(call_sid, leg_id, str(found.get("status") or ""))
                 return
         form = [
             ("From", step["from"]),
@@ -700,6 +702,23 @@ class Handoff:
             self.run_intents(await self.store.write(failed))
             return
         await self._learn_leg(leg_id, created)
+
+    async def _catch_up_leg(self, call_sid: str, leg_id: str, status: str) -> None:
+        """A leg dialled before a crash may have answered (or ended) while the bridge was down, and Twilio does not
+        resend status callbacks: apply what the participant's status says now."""
+        if status not in ("connected", "complete", "failed"):
+            return  # still ringing: its callbacks are still to come
+
+        def apply(tx: Tx) -> list[Intent]:
+            row, leg = call_row(tx.conn, call_sid), leg_row(tx.conn, leg_id)
+            if row is not None and leg is not None and leg["status"] == "dialing":
+                if status == "connected":
+                    leg_answered(tx, leg, row)
+                else:
+                    leg_ended(tx, leg, row, "completed" if status == "complete" else "failed")
+            return intents_of(tx)
+
+        self.run_intents(await self.store.write(apply))
 
     async def _learn_leg(self, leg_id: str, participant: dict[str, Any]) -> None:
         leg_sid, conference_sid = participant.get("call_sid"), participant.get("conference_sid")

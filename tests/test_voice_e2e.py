@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import sqlite3
+import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import time
@@ -20,6 +21,8 @@ from typing import Any
 
 import httpx
 import pytest
+from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Message as AsgiMessage
 from websockets.asyncio.client import connect
 
 from bridge import protocol
@@ -28,6 +31,7 @@ from bridge.queues import OpeningSpan, Queue, QueueConfig
 from bridge.sandbox.app import SandboxConfig, create_sandbox_app
 from bridge.settings import Settings
 from bridge.store import add_agent, open_database, set_agent_phone
+from tests.processes import BridgeProcess
 from tests.sandbox_support.server import bound_socket, run_app_in_thread, socket_url
 from tests.support import ACCOUNT_SID, AUTH_TOKEN
 from tests.test_send_sms_e2e import Console
@@ -645,3 +649,109 @@ async def test_auto_offer_goes_to_the_longest_idle_agent_then_the_next(tmp_path:
             assert timed_out["data"]["state"] == "queued" and timed_out["data"]["offered_to"] is None
             assert (await ben.do(protocol.ACCEPT_CALL, call_sid=sid))["ok"] is True
             await ben.call("connected", call_sid=sid, agent="ben")
+
+
+# -- a crash mid-accept ------------------------------------------------------------------------------------------
+
+
+class HoldFirstDial:
+    """ASGI middleware in front of the sandbox: holds the first participant create (its body read) until released,
+    so the bridge can be killed while its dial is provably in flight."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.held = threading.Event()
+        self.release = threading.Event()
+        self.dials = 0
+        self._lock = threading.Lock()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        is_dial = scope["type"] == "http" and scope["method"] == "POST" and scope["path"].endswith("/Participants.json")
+        if not is_dial:
+            await self.app(scope, receive, send)
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body", False):
+                break
+        with self._lock:
+            self.dials += 1
+            first = self.dials == 1
+        if first:
+            self.held.set()
+            while not self.release.is_set():
+                await asyncio.sleep(0.01)
+        replayed = False
+
+        async def replay() -> AsgiMessage:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        async def answer(message: AsgiMessage) -> None:
+            with contextlib.suppress(Exception):  # the bridge that asked may be dead
+                await send(message)
+
+        await self.app(scope, replay, answer)
+
+
+async def test_a_dial_in_flight_when_the_bridge_is_killed_is_looked_up_not_repeated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "switchboard.toml"
+    config.write_text('[[queues]]\nname = "support"\nwait_music = ""\n', encoding="utf-8")
+    monkeypatch.setenv("SWITCHBOARD_CONFIG", str(config))
+    bridge_dir = tmp_path / "bridge"
+    db = open_database(bridge_dir / "bridge.db")
+    try:
+        token = add_agent(db, "ana")
+        set_agent_phone(db, "ana", ANA_PHONE)
+    finally:
+        db.close()
+    sandbox_sock = bound_socket()
+    sandbox_url = socket_url(sandbox_sock)
+    bridge = BridgeProcess(bridge_dir, api_base=sandbox_url)
+    sandbox = SandboxConfig(
+        account_sid=ACCOUNT_SID,
+        auth_token=AUTH_TOKEN,
+        bridge_url=bridge.url,
+        public_url=sandbox_url,
+        support_numbers=(OUR_NUMBER,),
+        voice_time_scale=TIME_SCALE,
+        ring_seconds=1.0,
+        caller_patience=None,
+        caller_talk_seconds=None,
+        webhook_timeout=5.0,
+    )
+    gate = HoldFirstDial(create_sandbox_app(sandbox))
+    with run_app_in_thread(gate, sock=sandbox_sock):
+        bridge.start()
+        try:
+            async with httpx.AsyncClient(timeout=WAIT, trust_env=False) as http:
+                world = World(bridge.url, sandbox_url, {"ana": token}, bridge_dir / "bridge.db", http)
+                async with world.agent("ana") as ana:
+                    sid = await queued(ana, world)
+                    await world.until(lambda: _in_queue(world, sid), "the caller in the queue")
+                    assert (await ana.do(protocol.ACCEPT_CALL, call_sid=sid))["ok"] is True
+                    await world.until(gate.held.is_set, "the dial held at the gate")
+                bridge.kill()  # the dial has left the bridge; whether Twilio got it, the bridge cannot know
+                gate.release.set()
+                await world.until(lambda: _answered(world), "ana's phone answering while the bridge is down")
+                bridge.start()
+                async with world.agent("ana") as ana:
+                    joined = await ana.call("connected", call_sid=sid)
+                    assert joined["data"]["agent"] == "ana"
+                    await world.in_conference(sid)
+                assert gate.dials == 1  # looked up by its label after the restart, never dialled again
+                assert len(await world.legs_to(ANA_PHONE)) == 1
+                await _quiet(world)
+        finally:
+            bridge.stop()
+
+
+async def _answered(world: World) -> bool:
+    return any(leg["status"] == "in-progress" for leg in await world.legs_to(ANA_PHONE))
