@@ -92,7 +92,7 @@ def patch(owner: type[Any], name: str, replacement: Any) -> None:
     setattr(owner, name, replacement)
 
 
-async def child(cache_path: str, seconds: float, headless: bool) -> dict[str, Any]:
+async def child(cache_path: str, seconds: float, headless: bool, freeze: bool = False) -> dict[str, Any]:
     from textual.screen import Screen
 
     from bridge import protocol
@@ -193,6 +193,9 @@ async def child(cache_path: str, seconds: float, headless: bool) -> dict[str, An
         await asyncio.sleep(2.0)
         panel = app.query_one(CallsPanel)
         assert len(panel.waiting) == WAITING, f"{len(panel.waiting)} callers waiting, expected {WAITING}"
+        if freeze:  # what-if (not in the product): objects alive after start-up are left out of later collections
+            gc.collect()
+            gc.freeze()
         cut()
         phase[0] = "ticking"
         await asyncio.sleep(seconds)
@@ -250,9 +253,9 @@ async def child(cache_path: str, seconds: float, headless: bool) -> dict[str, An
     return result
 
 
-def child_main(cache_path: str, result_path: str, seconds: float, headless: bool) -> int:
+def child_main(cache_path: str, result_path: str, seconds: float, headless: bool, freeze: bool) -> int:
     try:
-        result = asyncio.run(child(cache_path, seconds, headless))
+        result = asyncio.run(child(cache_path, seconds, headless, freeze))
         Path(result_path).write_text(json.dumps(result))
         return 0
     except BaseException:
@@ -263,11 +266,12 @@ def child_main(cache_path: str, result_path: str, seconds: float, headless: bool
 # -- the parent ------------------------------------------------------------------------------------------------
 
 
-def run_child(cache_path: Path, seconds: float, headless: bool) -> dict[str, Any]:
+def run_child(cache_path: Path, seconds: float, headless: bool, freeze: bool = False) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-calls-") as tmp:
         result_path = Path(tmp) / "result.json"
         argv = [sys.executable, "-m", "tests.bench.bench_calls_panel", "--child", str(cache_path)]
         argv += ["--result", str(result_path), "--seconds", str(seconds)] + (["--headless"] if headless else [])
+        argv += ["--gc-freeze"] if freeze else []
         env = {**os.environ, "TERM": "xterm-256color", "COLORTERM": "truecolor"}
         master, slave = pty.openpty()
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", SIZE[1], SIZE[0], 0, 0))
@@ -310,16 +314,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=30.0, help="length of each phase")
     parser.add_argument("--headless", action="store_true", help="Textual's headless driver (no pty)")
+    parser.add_argument(
+        "--gc-freeze", action="store_true", help="what-if: gc.freeze() once started (the product does not)"
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        return child_main(args.child, args.result, args.seconds, args.headless)
+        return child_main(args.child, args.result, args.seconds, args.headless, args.gc_freeze)
     with tempfile.TemporaryDirectory(prefix="bench-calls-cache-") as tmp:
         cache_path = Path(tmp) / "cache.db"
         build_cache(cache_path)
-        result = run_child(cache_path, args.seconds, args.headless)
-    print(f"calls panel, {WAITING} callers waiting, {SIZE[0]}×{SIZE[1]}, {'headless' if args.headless else 'pty'}")
+        result = run_child(cache_path, args.seconds, args.headless, args.gc_freeze)
+    print(
+        f"calls panel, {WAITING} callers waiting, {SIZE[0]}×{SIZE[1]}, {'headless' if args.headless else 'pty'}"
+        + (", what-if gc.freeze()" if args.gc_freeze else "")
+    )
     print(
         f"{'phase':<22} {'frames':>6} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'cpu p50':>7} {'cpu p99':>7}"
         f" {'cpu max':>7} {'panel p99':>9} {'panel max':>9} {'gc max':>7} {'tick p50':>8} {'tick max':>8}"
