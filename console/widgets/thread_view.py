@@ -225,6 +225,8 @@ class ThreadView(ScrollView, can_focus=True):
         self.hit_pos: int | None = None
         self.calls: dict[str, tuple[CallRow, list[CallChange]]] = {}
         self.voicemails: dict[str, VoicemailRow] = {}
+        self.me = ""
+        """This console's agent, so a call's steps say "you"."""
         self._lines: list[Strip] = []
         self._line_of_pos: dict[int, int] = {}
         self._width = 0
@@ -245,7 +247,7 @@ class ThreadView(ScrollView, can_focus=True):
         self._busy = True
         if conversation_id is None:
             self.rows, self.pending, self._lines = [], [], []
-            self.virtual_size = Size(self.size.width, 0)
+            self._set_virtual_size(Size(self.size.width, 0))
             self.refresh()
             return
         self._fetch(self._generation, conversation_id, "fresh", at_pos)
@@ -424,8 +426,19 @@ class ThreadView(ScrollView, can_focus=True):
             lines.append(Strip.blank(width))
         self._lines = lines
         self._line_of_pos = positions
-        self.virtual_size = Size(width, len(lines))
+        self._set_virtual_size(Size(width, len(lines)))
         self.refresh()
+
+    def _set_virtual_size(self, size: Size) -> None:
+        """Change the scroll range without laying out the whole screen.
+
+        ``virtual_size`` is a layout reactive: assigning it re-lays out every widget (~20 ms a switch here) though
+        only this view's scroll range changed. It is set quietly and the scrollbars updated the way Textual's own
+        resize path does (``_scroll_update``; textual is pinned). A scrollbar appearing or going still lays out,
+        through ``show_vertical_scrollbar``."""
+        if size != self.virtual_size:
+            self.set_reactive(ThreadView.virtual_size, size)
+            self._scroll_update(size)
 
     def _voice(self, row: MessageRow, now: datetime, add: Callable[..., None]) -> None:
         """A call with its timeline, or a voicemail with its length and recording."""
