@@ -94,6 +94,14 @@ def describe(event: protocol.Event) -> str:
     if event.type == protocol.OPTOUT_CHANGED:
         state = "opted OUT" if d["opted_out"] else "opted back in"
         return f"#{event.seq:<5} ! {d['customer_number']} {state} of {d['twilio_number']} ({d['reason']})"
+    if event.type == protocol.CALL_UPDATED:
+        who = f" ({d['agent']})" if d.get("agent") else ""
+        why = f" — {d['reason']}" if d.get("reason") else ""
+        return f"#{event.seq:<5} ☎ {d['customer_number']} → {d['twilio_number']}: {d['change']}, {d['state']}{who}{why}"
+    if event.type == protocol.VOICEMAIL_RECORDED:
+        return f"#{event.seq:<5} ☎ voicemail from {d['customer_number']}, {d['duration']} s ({d['reason']})"
+    if event.type == protocol.AGENT_PRESENCE:
+        return f"#{event.seq:<5}   {d['agent']} is {d['presence']} ({d['reason']})"
     return f"#{event.seq:<5} {event.type}"
 
 

@@ -879,6 +879,11 @@ class Handoff:
             (tx.now,),
         ).fetchall():
             self._decline(tx, row, f"{row['offered_to']} did not answer the offer in time.")
+        for row in tx.execute(
+            "SELECT c.* FROM calls c LEFT JOIN presence p ON p.agent = c.offered_to WHERE c.state = 'queued' "
+            "AND c.offered_to IS NOT NULL AND coalesce(p.presence, 'offline') != 'available'"
+        ).fetchall():
+            self._decline(tx, row, f"{row['offered_to']} is no longer available.")
         offered = {
             str(r[0])
             for r in tx.execute("SELECT offered_to FROM calls WHERE state = 'queued' AND offered_to IS NOT NULL")
