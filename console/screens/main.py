@@ -244,7 +244,7 @@ class MainScreen(CallControls, Screen[None]):
     def _show_header(self, row: ConversationRow | None, at_pos: int | None, opened: bool) -> None:
         previous = self.current
         self.header.conversation = row
-        self.header.me = self.console_app.agent or ""
+        self.header.me = self.thread.me = self.console_app.agent or ""
         self.composer.opted_out = bool(row and row.opted_out)
         self._show_presence()
         if row is None:
@@ -377,7 +377,7 @@ class MainScreen(CallControls, Screen[None]):
         changed = status.state != message.state
         status.state, status.detail = message.state, message.text
         status.agent = self.console_app.agent or ""
-        self.header.me = self.console_app.agent or ""
+        self.header.me = self.thread.me = self.console_app.agent or ""
         if self.calls.agent != (self.console_app.agent or ""):
             self.calls.reload(self.console_app.agent)  # "my call" is known once the bridge says who we are
         if changed:  # a footer recompose costs tens of ms: not for every progress update

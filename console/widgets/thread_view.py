@@ -85,22 +85,24 @@ def _target(transfer: dict[str, object] | None, region: str) -> str:
     return one_line(target)
 
 
-def change_words(change: CallChange, region: str) -> str:
-    """One step of a call, as the thread says it."""
-    agent = one_line(change.agent or "an agent")
+def change_words(change: CallChange, region: str, me: str = "") -> str:
+    """One step of a call, as the thread says it (``me``: this console's agent, who reads "you")."""
+    mine = bool(me) and change.agent == me
+    agent = "you" if mine else one_line(change.agent or "an agent")
+    whose = "your" if mine else f"{agent}'s"
     transfer = change.transfer or {}
     target = _target(change.transfer, region)
     words = {
         "queued": "waiting in the queue",
         "offered": "offered to an agent",
         "offer_declined": "offer declined",
-        "accepted": f"accepted by {agent}: ringing their phone",
-        "agent_no_answer": f"{agent}'s phone did not answer: back at the front of the queue",
+        "accepted": f"accepted by {agent}: ringing {'your' if mine else 'their'} phone",
+        "agent_no_answer": f"{whose} phone did not answer: back at the front of the queue",
         "connected": f"{agent} answered",
         "held": "caller on hold",
         "unheld": "caller off hold",
-        "muted": f"{agent} muted",
-        "unmuted": f"{agent} unmuted",
+        "muted": f"{agent} muted {'your' if mine else 'their'} phone",
+        "unmuted": f"{agent} unmuted {'your' if mine else 'their'} phone",
         "transfer_started": f"{one_line(str(transfer.get('mode') or ''))} transfer to {target}".strip(),
         "transfer_failed": f"{target} did not answer the transfer",
         "transfer_completed": f"transferred to {target}",
@@ -471,7 +473,7 @@ class ThreadView(ScrollView, can_focus=True):
         for change in timeline:
             when = times.parse(change.at)
             stamp = when.astimezone(self.tz).strftime("%H:%M:%S") if when is not None else "        "
-            add(Text(f"{stamp}  {change_words(change, self.phone_region)}", meta, end=""), 4)
+            add(Text(f"{stamp}  {change_words(change, self.phone_region, self.me)}", meta, end=""), 4)
 
     def _header(self, row: MessageRow, now: datetime) -> Text:
         style = self.get_component_rich_style
