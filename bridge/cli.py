@@ -27,9 +27,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
         settings = settings.with_(public_url=f"http://{args.host}:{args.port}")
     for problem in settings.problems():
         print(f"warning: {problem}", file=sys.stderr)
+    from bridge.queues import ConfigError, load_config
+
+    try:  # checked here so a mistake in the file is one clear line, not a traceback from the app's startup
+        queues = load_config(settings.config_path, settings.region)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(f"switchboard-bridge: data in {settings.data_dir}", file=sys.stderr)
     print(
         f"switchboard-bridge: Twilio webhooks: {settings.public_url}/twilio/sms (status: /twilio/sms/status)",
+        file=sys.stderr,
+    )
+    print(
+        f"switchboard-bridge: calls: {settings.public_url}/twilio/voice (status: /twilio/voice/status); "
+        f"queues: {', '.join(queues.names())}",
         file=sys.stderr,
     )
     uvicorn.run(
