@@ -319,6 +319,7 @@ def back_to_queue(tx: Tx, row: sqlite3.Row, change: str, reason: str, redirect: 
         offer_expires_at=None,
         waiting_since=tx.now,
         caller_joined=0,
+        conference_sid=None,  # the next agent's conference is a new one (same name, new SID)
         reason=reason,
         **fields,
     )

@@ -727,8 +727,9 @@ class Handoff:
             if isinstance(leg_sid, str):
                 tx.execute("UPDATE call_legs SET leg_sid = coalesce(leg_sid, ?) WHERE leg_id = ?", (leg_sid, leg_id))
             if isinstance(conference_sid, str) and conference_sid.startswith("CF"):
+                # The latest dial is always into the call's current conference.
                 tx.execute(
-                    "UPDATE calls SET conference_sid = coalesce(conference_sid, ?) "
+                    "UPDATE calls SET conference_sid = ? "
                     "WHERE call_sid = (SELECT call_sid FROM call_legs WHERE leg_id = ?)",
                     (conference_sid, leg_id),
                 )

@@ -313,7 +313,7 @@ def m003_voice(db: sqlite_utils.Database) -> None:
             voicemail_reason TEXT,
             call_seq INTEGER NOT NULL DEFAULT -1,  -- last applied SequenceNumber of the caller's status callbacks
             conference_sid TEXT,
-            conf_seq INTEGER NOT NULL DEFAULT -1,  -- last applied SequenceNumber of the conference's callbacks
+            conf_seq INTEGER NOT NULL DEFAULT -1,  -- unused: kept per conference in conference_seqs (m004)
             caller_joined INTEGER NOT NULL DEFAULT 0,  -- the caller was sent into the conference (join TwiML)
             updated_at TEXT NOT NULL
         )"""
@@ -372,6 +372,20 @@ def m003_voice(db: sqlite_utils.Database) -> None:
         "CREATE TABLE offer_declines (call_sid TEXT NOT NULL, agent TEXT NOT NULL, PRIMARY KEY (call_sid, agent))"
     )
     db.execute("ALTER TABLE notes ADD COLUMN call_sid TEXT")
+
+
+@migrations()
+def m004_conference_seqs(db: sqlite_utils.Database) -> None:
+    """SequenceNumber per conference: a caller sent back to the queue joins a new conference (same name, new SID)
+    whose numbers start again at 0."""
+    db.execute(
+        """CREATE TABLE conference_seqs (
+            conference_sid TEXT PRIMARY KEY,
+            call_sid TEXT NOT NULL,
+            last_seq INTEGER NOT NULL,
+            ended INTEGER NOT NULL DEFAULT 0
+        ) WITHOUT ROWID"""
+    )
 
 
 def _connect(path: Path | str) -> sqlite3.Connection:

@@ -422,16 +422,28 @@ def _ended_reason(state: str) -> str:
 
 
 def conference(tx: Tx, voice: Handoff, req: ConferenceEvent) -> bytes:
-    """A conference event: remember the conference's SID; a dialled phone joining means it answered."""
+    """A conference event: remember which conference the call is in; a dialled phone joining means it answered.
+
+    SequenceNumber is per conference, and a caller sent back to the queue joins a new one (same name, new SID),
+    so the last applied number is kept per ConferenceSid."""
     row = call_row(tx.conn, req.name)
     if row is None:
         return twiml.empty()
-    if req.seq is not None:
-        if req.seq <= row["conf_seq"]:
-            return twiml.empty()
-        tx.execute("UPDATE calls SET conf_seq = ? WHERE call_sid = ?", (req.seq, req.name))
-    if row["conference_sid"] != req.conference_sid and req.event != "conference-end":
+    known = tx.one("SELECT last_seq, ended FROM conference_seqs WHERE conference_sid = ?", (req.conference_sid,))
+    if known is not None and req.seq is not None and req.seq <= known["last_seq"]:
+        return twiml.empty()  # a duplicate, or older than what was applied
+    ended = bool(known["ended"]) if known is not None else False
+    if req.event == "conference-end":
+        ended = True
+        if row["conference_sid"] == req.conference_sid:
+            tx.execute("UPDATE calls SET conference_sid = NULL WHERE call_sid = ?", (req.name,))
+    elif not ended and row["conference_sid"] != req.conference_sid:
         tx.execute("UPDATE calls SET conference_sid = ? WHERE call_sid = ?", (req.conference_sid, req.name))
+    tx.execute(
+        "INSERT INTO conference_seqs (conference_sid, call_sid, last_seq, ended) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT(conference_sid) DO UPDATE SET last_seq = max(last_seq, excluded.last_seq), ended = excluded.ended",
+        (req.conference_sid, req.name, -1 if req.seq is None else req.seq, int(ended)),
+    )
     if req.event == "participant-join" and req.call_sid != row["call_sid"]:
         leg = None
         if req.label is not None and _LEG_ID.fullmatch(req.label):

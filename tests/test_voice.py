@@ -529,3 +529,36 @@ def _until(check: Any, timeout: float = 5.0) -> Any:
             return found
         time.sleep(0.01)
     raise AssertionError(f"nothing after {timeout} s")
+
+
+def test_conference_events_are_ordered_per_conference(voice: tuple[TestClient, Settings, dict[str, str]]) -> None:
+    client, settings, _ = voice
+    post(client, VOICE, call_params())
+    first, second = "CF" + "a" * 32, "CF" + "b" * 32
+
+    def event(conference: str, seq: int, name: str) -> None:
+        params = [("ConferenceSid", conference), ("FriendlyName", CALL), ("SequenceNumber", str(seq))]
+        assert post(client, CONFERENCE, [*params, ("StatusCallbackEvent", name)]).status_code == 200
+
+    def current() -> Any:
+        return _query(settings, "SELECT conference_sid FROM calls")[0][0]
+
+    event(first, 1, "conference-start")
+    assert current() == first
+    event(first, 4, "conference-end")
+    assert current() is None
+    event(first, 2, "participant-join")  # late, from a conference that is over: changes nothing
+    assert current() is None
+    # The caller went back to the queue and joined a new conference of the same name: its numbers start at 0.
+    event(second, 0, "conference-start")
+    assert current() == second
+    event(first, 3, "participant-leave")
+    assert current() == second
+
+
+def _query(settings: Settings, sql: str) -> list[Any]:
+    conn = sqlite3.connect(settings.db_path)
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
