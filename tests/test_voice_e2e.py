@@ -419,7 +419,14 @@ async def test_cold_transfer_to_an_agent_who_does_not_answer_puts_the_caller_bac
         await ana.do(protocol.WRAP_UP, call_sid=sid, note="Tried Ben.")
         again = await ana.do(protocol.ACCEPT_CALL)
         assert again["data"]["call_sid"] == sid, (again, later)
-        await ana.call("connected", call_sid=sid, agent="ana")
+        mark = len(ana.frames)
+        await ana.wait_for(
+            lambda f: f.get("type") == protocol.CALL_UPDATED and f["data"]["change"] == "connected", since=mark
+        )
+        # A new conference (same name, new SID): hold reaches it, not the finished one.
+        conference = await world.in_conference(sid)
+        await ana.do(protocol.HOLD_CALL, call_sid=sid, hold=True)
+        await world.until(lambda: _hold(world, sid, True), f"the caller held in {conference['sid']}")
 
 
 async def test_cold_transfer_to_a_queue_and_to_a_number(tmp_path: Path) -> None:
