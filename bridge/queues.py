@@ -72,7 +72,8 @@ class Queue:
     hours: tuple[OpeningSpan, ...] = ()
     """Empty: always open."""
     longest_wait: int = 300
-    """Seconds a caller waits before being offered voicemail."""
+    """Seconds a caller waits before being offered voicemail. Checked each time the wait loop asks for more (when
+    the wait music ends), so a long track makes it late by up to the track's length: keep wait_music short."""
     wait_music: str = DEFAULT_MUSIC
     """What callers hear while they wait and while on hold; empty: a short pause instead (tests, the sandbox)."""
     missed_call_text: str | None = None
