@@ -160,6 +160,10 @@ class MainScreen(CallControls, Screen[None]):
         yield StatusLine(id="status")
         yield Footer()
 
+    def on_resize(self) -> None:
+        with contextlib.suppress(NoMatches):  # a resize before the panel is mounted: it sizes itself when loaded
+            self.calls.size_queue()  # a taller terminal lists more waiting callers
+
     def on_mount(self) -> None:
         self.query_one(ConversationList).focus()
         self._refresh_status()

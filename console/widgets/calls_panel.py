@@ -129,9 +129,7 @@ class CallsPanel(Vertical):
         shown = board.mine or board.offered
         bar.show(shown, board.mine_since, board.wrap_up, board.mine is None and board.offered is not None, now)
         queue = self.queue
-        rows = min(len(board.waiting), self._queue_rows())
-        if queue.styles.height is None or queue.styles.height.value != rows:  # a new height means a layout pass
-            queue.styles.height = rows
+        self.size_queue()
         queue.set_rows(board.waiting, now)
         self._minute = None
         self._show_header(now)
@@ -148,6 +146,13 @@ class CallsPanel(Vertical):
         if keys != self.keys:
             self.keys = keys
             self.post_message(self.Changed(keys))
+
+    def size_queue(self) -> None:
+        """Show as many callers as the terminal's height allows (the screen calls this when it is resized)."""
+        queue = self.queue
+        rows = min(len(self.waiting), self._queue_rows())
+        if queue.styles.height is None or queue.styles.height.value != rows:  # a new height means a layout pass
+            queue.styles.height = rows
 
     def _queue_rows(self) -> int:
         # At 80×24 the thread still needs its lines: three callers there, up to six on a taller terminal.
