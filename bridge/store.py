@@ -388,6 +388,14 @@ def m004_conference_seqs(db: sqlite_utils.Database) -> None:
     )
 
 
+@migrations()
+def m005_caller_joined(db: sqlite_utils.Database) -> None:
+    """calls.caller_joined joined m003 after it was first committed: add it to databases made before that."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(calls)").fetchall()}
+    if "caller_joined" not in columns:
+        db.execute("ALTER TABLE calls ADD COLUMN caller_joined INTEGER NOT NULL DEFAULT 0")
+
+
 def _connect(path: Path | str) -> sqlite3.Connection:
     conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30.0)
     conn.row_factory = sqlite3.Row
