@@ -424,3 +424,20 @@ async def test_hostile_caller_names_and_queues_are_shown_inert(tmp_path: Path) -
         await settle(pilot)
         assert "[b]ana[/b] took that call." in toasts(app)
         assert app.is_running
+
+
+def test_queue_depth_per_minute_is_a_step_function_of_the_samples() -> None:
+    from console.widgets.queue_header import depth_per_minute
+
+    samples = [
+        (iso(NOW - timedelta(minutes=90)), 2),  # before the hour: the level it starts at
+        (iso(NOW - timedelta(minutes=30, seconds=20)), 5),
+        (iso(NOW - timedelta(minutes=30, seconds=10)), 1),  # a peak inside one minute still shows
+        (iso(NOW - timedelta(minutes=2)), 0),
+    ]
+    values = depth_per_minute(samples, NOW)
+    assert len(values) == 60
+    assert values[0] == 2 and values[28] == 2
+    assert values[29] == 5 and values[30] == 1
+    assert values[58] == 1 and values[-1] == 0  # the minute it fell in shows where it fell from
+    assert depth_per_minute([], NOW) == [0.0] * 60
