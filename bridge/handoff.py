@@ -870,7 +870,8 @@ class Handoff:
                 log.exception("auto-offer round failed")
                 delay = 1.0
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._offer_wake.wait(), delay)
+                async with asyncio.timeout(delay):  # not wait_for: on 3.11 it can swallow the shutdown's cancel
+                    await self._offer_wake.wait()
 
     def _offer_round(self, tx: Tx, timeout: timedelta) -> float:
         """Expire offers that timed out, make new ones; returns seconds until the next offer expires."""
