@@ -43,7 +43,7 @@ def make_app(config: ConsoleConfig, cache: Cache) -> Any:
             on_signal=app.link_signal,
         )
 
-    return SwitchboardApp(cache, config, link_factory=link)
+    return SwitchboardApp(cache, config, link_factory=link, freeze_heap=True)
 
 
 def cmd_console(args: argparse.Namespace) -> int:

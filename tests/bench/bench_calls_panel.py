@@ -92,7 +92,7 @@ def patch(owner: type[Any], name: str, replacement: Any) -> None:
     setattr(owner, name, replacement)
 
 
-async def child(cache_path: str, seconds: float, headless: bool, freeze: bool = False) -> dict[str, Any]:
+async def child(cache_path: str, seconds: float, headless: bool, freeze: bool = True) -> dict[str, Any]:
     from textual.screen import Screen
 
     from bridge import protocol
@@ -173,7 +173,7 @@ async def child(cache_path: str, seconds: float, headless: bool, freeze: bool = 
     patch(CallsPanel, "tick", timed_tick)
 
     cache = Cache(cache_path)
-    app = SwitchboardApp(cache, ConsoleConfig())
+    app = SwitchboardApp(cache, ConsoleConfig(), freeze_heap=freeze)  # as `switchboard` runs it unless --no-gc-freeze
 
     def cut() -> None:
         by_phase[phase[0]] = {
@@ -190,12 +190,9 @@ async def child(cache_path: str, seconds: float, headless: bool, freeze: bool = 
         panel_cpu.clear()
 
     async with app.run_test(headless=headless, size=SIZE) as pilot:
-        await asyncio.sleep(2.0)
+        await asyncio.sleep(2.5)  # past the app's heap freeze (FREEZE_AFTER)
         panel = app.query_one(CallsPanel)
         assert len(panel.waiting) == WAITING, f"{len(panel.waiting)} callers waiting, expected {WAITING}"
-        if freeze:  # what-if (not in the product): objects alive after start-up are left out of later collections
-            gc.collect()
-            gc.freeze()
         cut()
         phase[0] = "ticking"
         await asyncio.sleep(seconds)
@@ -266,12 +263,12 @@ def child_main(cache_path: str, result_path: str, seconds: float, headless: bool
 # -- the parent ------------------------------------------------------------------------------------------------
 
 
-def run_child(cache_path: Path, seconds: float, headless: bool, freeze: bool = False) -> dict[str, Any]:
+def run_child(cache_path: Path, seconds: float, headless: bool, freeze: bool = True) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-calls-") as tmp:
         result_path = Path(tmp) / "result.json"
         argv = [sys.executable, "-m", "tests.bench.bench_calls_panel", "--child", str(cache_path)]
         argv += ["--result", str(result_path), "--seconds", str(seconds)] + (["--headless"] if headless else [])
-        argv += ["--gc-freeze"] if freeze else []
+        argv += [] if freeze else ["--no-gc-freeze"]
         env = {**os.environ, "TERM": "xterm-256color", "COLORTERM": "truecolor"}
         master, slave = pty.openpty()
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", SIZE[1], SIZE[0], 0, 0))
@@ -315,7 +312,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=30.0, help="length of each phase")
     parser.add_argument("--headless", action="store_true", help="Textual's headless driver (no pty)")
     parser.add_argument(
-        "--gc-freeze", action="store_true", help="what-if: gc.freeze() once started (the product does not)"
+        "--no-gc-freeze",
+        dest="gc_freeze",
+        action="store_false",
+        help="what-if: the console without its heap freeze (SwitchboardApp.freeze_heap; `switchboard` freezes)",
     )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
@@ -328,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
         result = run_child(cache_path, args.seconds, args.headless, args.gc_freeze)
     print(
         f"calls panel, {WAITING} callers waiting, {SIZE[0]}×{SIZE[1]}, {'headless' if args.headless else 'pty'}"
-        + (", what-if gc.freeze()" if args.gc_freeze else "")
+        + ("" if args.gc_freeze else ", what-if: no heap freeze")
     )
     print(
         f"{'phase':<22} {'frames':>6} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'cpu p50':>7} {'cpu p99':>7}"

@@ -690,7 +690,9 @@ async def console(
     t0 = time.perf_counter()
     cache = Cache(cache_path)
     opened = time.perf_counter()
-    app = SwitchboardApp(cache, ConsoleConfig(), link_factory=link_factory, clock=frozen_clock, tz=UTC, steady=True)
+    app = SwitchboardApp(
+        cache, ConsoleConfig(), link_factory=link_factory, clock=frozen_clock, tz=UTC, steady=True, freeze_heap=True
+    )
     facts: dict[str, Any] = {"t0": t0, "cache_open_s": opened - t0}
     async with app.run_test(headless=headless, size=SIZE, notifications=notifications):
         painted = await wait(first, "the inbox's first paint", 60.0)
