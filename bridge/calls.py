@@ -371,9 +371,10 @@ def complete_transfer(tx: Tx, row: sqlite3.Row, transfer: dict[str, Any]) -> sql
     if old_leg is not None and old_leg["status"] != "ended":
         tx.execute("UPDATE call_legs SET status = 'ended' WHERE leg_id = ?", (old_leg["leg_id"],))
         steps.append({"op": "kick", "who": old_leg["leg_id"]})
+        if transfer["mode"] == "warm":
+            # An agent whose leg already ended was put in wrap-up then (leg_ended), and may have finished it since.
+            start_wrap_up(tx, row["agent"], call_sid)
     add_intent(tx, call_sid, steps)
-    if transfer["mode"] == "warm":
-        start_wrap_up(tx, row["agent"], call_sid)
     new_agent = target["agent"]
     if new_agent is not None:
         set_presence(tx, new_agent, "busy", "on_call", call_sid=call_sid)

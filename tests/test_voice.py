@@ -562,3 +562,34 @@ def _query(settings: Settings, sql: str) -> list[Any]:
         return conn.execute(sql).fetchall()
     finally:
         conn.close()
+
+
+def test_an_agent_who_left_a_warm_transfer_and_wrapped_up_is_not_wrapped_up_again(
+    voice: tuple[TestClient, Settings, dict[str, str]], fake: FakeTwilio
+) -> None:
+    """The agent hangs up while the warm-transfer target still rings, writes their note; the target answering later
+    hands the caller over without putting the agent back into a wrap-up they already finished."""
+    client, settings, tokens = voice
+    post(client, VOICE, call_params())
+    post(client, WAIT_URL, [("CallSid", CALL), ("QueueSid", QUEUE_SID)])
+    with console(client, tokens["ana"]) as ws, console(client, tokens["ben"]):
+        _until(lambda: len(events(settings, protocol.AGENT_PRESENCE)) >= 2)
+        ok_accept, _ = command(ws, "a-1", protocol.ACCEPT_CALL, {"call_sid": CALL})
+        assert ok_accept["ok"] is True, ok_accept
+        ana_leg = _until(lambda: fake.posts("/Participants.json"))[0]["Label"][0]
+        leg = [("From", OUR_NUMBER), ("To", ANA_PHONE)]
+        post(client, f"{STATUS}?leg={ana_leg}", [("CallSid", AGENT_LEG), *leg, ("CallStatus", "in-progress")])
+        warm, _ = command(
+            ws, "a-2", protocol.TRANSFER_CALL, {"call_sid": CALL, "mode": "warm", "target": {"agent": "ben"}}
+        )
+        assert warm["ok"] is True, warm
+        ben_leg = _until(lambda: fake.posts("/Participants.json")[1:])[0]["Label"][0]
+        post(client, f"{STATUS}?leg={ana_leg}", [("CallSid", AGENT_LEG), *leg, ("CallStatus", "completed")])
+        done, _ = command(ws, "a-3", protocol.WRAP_UP, {"call_sid": CALL, "note": "handed to ben"})
+        assert done["ok"] is True, done
+        ben = [("CallSid", "CA" + "6" * 32), ("From", OUR_NUMBER), ("To", "client:ben")]
+        post(client, f"{STATUS}?leg={ben_leg}", [*ben, ("CallStatus", "in-progress")])
+    assert changes(settings)[-1] == "transfer_completed"
+    ana = [(e["presence"], e["reason"]) for e in events(settings, protocol.AGENT_PRESENCE) if e["agent"] == "ana"]
+    assert ana.count(("busy", "wrap_up")) == 1 and ("available", "wrapped_up") in ana, ana
+    assert _query(settings, "SELECT presence FROM presence WHERE agent = 'ben'") == [("busy",)]
