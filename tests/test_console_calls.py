@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from textual.pilot import Pilot
 from textual.strip import Strip
+from textual.widgets import Static
 
 from console.app import SwitchboardApp
 from console.cache import Cache
@@ -441,3 +442,20 @@ def test_queue_depth_per_minute_is_a_step_function_of_the_samples() -> None:
     assert values[29] == 5 and values[30] == 1
     assert values[58] == 1 and values[-1] == 0  # the minute it fell in shows where it fell from
     assert depth_per_minute([], NOW) == [0.0] * 60
+
+
+async def test_a_typed_transfer_number_with_brackets_is_shown_as_typed(tmp_path: Path) -> None:
+    """The picker's title carries what the agent typed: text, not markup (a stray "[/]" must not stop the app)."""
+    async with running(make_cache(tmp_path, mine="connected")) as (app, pilot, link):
+        link.replies["list_agents"] = {"agents": []}
+        link.replies["list_queues"] = {"queues": []}
+        await pilot.press("t")
+        await settle(pilot)
+        await pilot.press(*"[/] [b]+44 20 7946 0958", "enter")
+        await settle(pilot)
+        assert isinstance(app.screen, Picker)
+        assert "[/] [b]+44" in str(app.screen.query_one("#picker-title", Static).render())
+        await pilot.press("down", "enter")  # cold
+        await settle(pilot)
+        [transfer] = link.sent
+        assert transfer.args["target"] == {"number": "[/] [b]+44 20 7946 0958"}

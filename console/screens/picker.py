@@ -59,7 +59,7 @@ class Picker(ModalScreen[str | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical():
-            yield Static(self.title_text, id="picker-title")
+            yield Static(self.title_text, id="picker-title", markup=False)  # may carry typed or bridge text
             yield Input(placeholder=self.free_text or "type to filter", id="picker-input")
             yield OptionList(id="picker-options")
             yield Static("enter pick · esc cancel", id="picker-hint")
