@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
@@ -27,7 +28,7 @@ from bridge.state import Bridge, bridge_of
 from bridge.store import SqliteStore, revoked_agents
 from bridge.stream import stream_endpoint
 from bridge.twilio_rest import TwilioRest
-from bridge.webhooks import sms_status_webhook, sms_webhook
+from bridge.webhooks import FastWebhooks, sms_status_webhook, sms_webhook
 
 log = logging.getLogger("switchboard.bridge")
 
@@ -125,4 +126,4 @@ def create_app(
         Route("/twilio/voice/recording", voice_webhooks.voice_recording_webhook, methods=["POST"]),
         WebSocketRoute("/v1/stream", stream_endpoint),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    return Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(FastWebhooks)])

@@ -181,6 +181,7 @@ def test_the_bare_asgi_webhook_answers_as_the_starlette_endpoint(tmp_path: Path)
                 answers.append((response.status_code, response.headers["content-type"], response.text))
             cases.append(answers)
         assert cases[0] == cases[1]
+        assert client.get(base + "/twilio/sms").status_code == 405  # only POSTs take the fast path
     conn = sqlite3.connect(tmp_path / "bridge.db")
     try:
         assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == 2
