@@ -320,6 +320,10 @@ def wait(tx: Tx, voice: Handoff, req: QueueRequest) -> bytes:
         # The agent answered before the caller reached <Enqueue> (they were still hearing the greeting), so the
         # REST dequeue found nobody: leave now, and the <Enqueue> action sends them into the conference.
         return twiml.leave()
+    if row["state"] in ("voicemail", "ended"):
+        # A retry of the turn that sent them to voicemail (or a caller whose call was ended): out of the queue
+        # again, or they would hear the music until they hang up.
+        return twiml.leave()
     if row["state"] != "queued":
         return twiml.wait(None, queue.wait_music)  # an agent's phone is ringing for them: keep them waiting
     waited = (parse_ts(tx.now) - parse_ts(row["waiting_since"])).total_seconds()

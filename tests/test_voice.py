@@ -593,3 +593,22 @@ def test_an_agent_who_left_a_warm_transfer_and_wrapped_up_is_not_wrapped_up_agai
     ana = [(e["presence"], e["reason"]) for e in events(settings, protocol.AGENT_PRESENCE) if e["agent"] == "ana"]
     assert ana.count(("busy", "wrap_up")) == 1 and ("available", "wrapped_up") in ana, ana
     assert _query(settings, "SELECT presence FROM presence WHERE agent = 'ben'") == [("busy",)]
+
+
+def test_a_retried_wait_request_after_the_longest_wait_still_leaves_the_queue(
+    voice: tuple[TestClient, Settings, dict[str, str]],
+) -> None:
+    """Twilio retries a wait request whose answer it did not get: the retry must say <Leave> too, or the caller,
+    already bound for voicemail, would hear the wait music until they hang up."""
+    client, settings, _ = voice
+    post(client, VOICE, call_params())
+    conn = sqlite3.connect(settings.db_path)
+    conn.execute("UPDATE calls SET waiting_since = '2020-01-01T00:00:00.000Z'")
+    conn.commit()
+    conn.close()
+    request = [("CallSid", CALL), ("QueueSid", QUEUE_SID)]
+    token = {"I-Twilio-Idempotency-Token": "wait-1"}
+    first = post(client, WAIT_URL, request, **token)
+    again = post(client, WAIT_URL, request, **token)
+    assert [e.tag for e in parse(first.content)] == [e.tag for e in parse(again.content)] == ["Leave"]
+    assert changes(settings) == ["queued", "voicemail_started"]
