@@ -245,8 +245,10 @@ def incoming(tx: Tx, voice: Handoff, req: CallRequest, requeue: bool) -> bytes:
         return _new_call(tx, voice, req)
     state = row["state"]
     queue = voice.queues.named(row["queue"] or row["last_queue"]) or voice.queues.for_number(row["twilio_number"])
-    if state == "queued":
-        # A retry of the first webhook is greeted again; a caller coming back from a failed handoff is not.
+    if state == "queued" or (state in ("ringing_agent", *IN_CONFERENCE) and not row["caller_joined"]):
+        # A retry of the first webhook is greeted again; a caller coming back from a failed handoff is not. Not in
+        # the conference yet (an agent accepted before this request landed): they wait in the queue for that
+        # agent's phone, and the dequeue (or the wait loop) takes them in; an empty answer would hang them up.
         greeting = None if requeue else queue.greeting
         return twiml.enqueue(
             queue.name, greeting, voice.url("/twilio/voice/queue-exit"), voice.url("/twilio/voice/wait")

@@ -612,3 +612,19 @@ def test_a_retried_wait_request_after_the_longest_wait_still_leaves_the_queue(
     again = post(client, WAIT_URL, request, **token)
     assert [e.tag for e in parse(first.content)] == [e.tag for e in parse(again.content)] == ["Leave"]
     assert changes(settings) == ["queued", "voicemail_started"]
+
+
+@pytest.mark.parametrize("url", [VOICE, f"{VOICE}?requeue=1"])
+def test_a_caller_reaching_the_voice_url_after_an_agent_accepted_is_queued_not_hung_up(
+    voice: tuple[TestClient, Settings, dict[str, str]], url: str
+) -> None:
+    """A retried first webhook, or a caller sent back to the queue whose redirect lands after the next agent has
+    already accepted: they must wait in the queue for that agent's phone, not be answered with nothing (a hang-up)."""
+    client, settings, tokens = voice
+    post(client, VOICE, call_params())
+    with console(client, tokens["ana"]) as ws:
+        accepted, _ = command(ws, "a-1", protocol.ACCEPT_CALL, {"call_sid": CALL})
+        assert accepted["ok"] is True, accepted
+    answer = post(client, url, call_params())
+    assert [e.tag for e in parse(answer.content)][-1] == "Enqueue"
+    assert changes(settings) == ["queued", "accepted"]
