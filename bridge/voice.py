@@ -443,7 +443,9 @@ def conference(tx: Tx, voice: Handoff, req: ConferenceEvent) -> bytes:
         ended = True
         if row["conference_sid"] == req.conference_sid:
             tx.execute("UPDATE calls SET conference_sid = NULL WHERE call_sid = ?", (req.name,))
-    elif not ended and row["conference_sid"] != req.conference_sid:
+    elif not ended and known is None and row["conference_sid"] != req.conference_sid:
+        # Only a conference heard of for the first time is the call's new one: a late event from the one it left
+        # (whose end has not landed yet) must not take the call back to it.
         tx.execute("UPDATE calls SET conference_sid = ? WHERE call_sid = ?", (req.conference_sid, req.name))
     tx.execute(
         "INSERT INTO conference_seqs (conference_sid, call_sid, last_seq, ended) VALUES (?, ?, ?, ?) "

@@ -628,3 +628,23 @@ def test_a_caller_reaching_the_voice_url_after_an_agent_accepted_is_queued_not_h
     answer = post(client, url, call_params())
     assert [e.tag for e in parse(answer.content)][-1] == "Enqueue"
     assert changes(settings) == ["queued", "accepted"]
+
+
+def test_a_late_event_from_the_previous_conference_does_not_take_the_call_back_to_it(
+    voice: tuple[TestClient, Settings, dict[str, str]],
+) -> None:
+    """The caller went back to the queue and joined a new conference; the old one's last events land late (its
+    end after its participant-leave): the call keeps the new conference, where holds and mutes must go."""
+    client, settings, _ = voice
+    post(client, VOICE, call_params())
+    first, second = "CF" + "a" * 32, "CF" + "b" * 32
+
+    def event(conference: str, seq: int, name: str) -> None:
+        params = [("ConferenceSid", conference), ("FriendlyName", CALL), ("SequenceNumber", str(seq))]
+        assert post(client, CONFERENCE, [*params, ("StatusCallbackEvent", name)]).status_code == 200
+
+    event(first, 1, "conference-start")
+    event(second, 0, "conference-start")
+    event(first, 2, "participant-leave")
+    event(first, 3, "conference-end")
+    assert _query(settings, "SELECT conference_sid FROM calls") == [(second,)]
