@@ -103,6 +103,15 @@ def _optional(form: dict[str, str], name: str) -> str | None:
     return value
 
 
+def _shown(form: dict[str, str], name: str) -> str | None:
+    """A caller-ID extra (name, city ...), only for show: left out, not refused, when it is unreadable, so a call is
+    never hung up on for its caller's name."""
+    try:
+        return _optional(form, name)
+    except BadWebhook:
+        return None
+
+
 @dataclass(frozen=True, slots=True)
 class CallRequest:
     """An incoming call, or a call progress (status) callback."""
@@ -134,11 +143,11 @@ class CallRequest:
             to_number=to,
             status=status,
             seq=_seq(form),
-            caller_name=_optional(form, "CallerName"),
+            caller_name=_shown(form, "CallerName"),
             geo={
-                "from_city": _optional(form, "FromCity"),
-                "from_state": _optional(form, "FromState"),
-                "from_country": _optional(form, "FromCountry"),
+                "from_city": _shown(form, "FromCity"),
+                "from_state": _shown(form, "FromState"),
+                "from_country": _shown(form, "FromCountry"),
             },
         )
 

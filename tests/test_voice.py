@@ -648,3 +648,16 @@ def test_a_late_event_from_the_previous_conference_does_not_take_the_call_back_t
     event(first, 2, "participant-leave")
     event(first, 3, "conference-end")
     assert _query(settings, "SELECT conference_sid FROM calls") == [(second,)]
+
+
+def test_a_call_with_an_unreadable_caller_name_or_city_is_still_queued(
+    voice: tuple[TestClient, Settings, dict[str, str]],
+) -> None:
+    """Caller ID extras are for show: one that is too long or holds a non-printable character (a no-break space
+    from a carrier's CNAM) is left out, and the call is queued; refusing it would hang up on the caller."""
+    client, settings, _ = voice
+    params = [p for p in call_params(CallerName="ACME\xa0CORP") if p[0] != "FromCity"] + [("FromCity", "x" * 300)]
+    answer = post(client, VOICE, params)
+    assert answer.status_code == 200 and [e.tag for e in parse(answer.content)][-1] == "Enqueue"
+    [queued] = events(settings, protocol.CALL_UPDATED)
+    assert (queued["caller_name"], queued["from_city"], queued["from_state"]) == (None, None, "CA")
