@@ -428,6 +428,8 @@ class Handoff:
                 transfer = transfer_of(row)
                 if transfer is None or transfer["mode"] != "warm" or row["target_leg"] is None:
                     raise Refusal("no_transfer", "There is no warm transfer under way to cancel.")
+                if transfer.get("agent_left"):  # unheld, the caller would be alone: the target takes them instead
+                    raise Refusal("no_transfer", "Your phone has left the call: the transfer goes ahead.")
                 target = leg_row(tx.conn, row["target_leg"])
                 hang_up_leg(tx, call_sid, row["target_leg"])
                 if target is not None:

@@ -661,3 +661,27 @@ def test_a_call_with_an_unreadable_caller_name_or_city_is_still_queued(
     assert answer.status_code == 200 and [e.tag for e in parse(answer.content)][-1] == "Enqueue"
     [queued] = events(settings, protocol.CALL_UPDATED)
     assert (queued["caller_name"], queued["from_city"], queued["from_state"]) == (None, None, "CA")
+
+
+def test_a_warm_transfer_cannot_be_cancelled_once_the_agent_has_hung_up(
+    voice: tuple[TestClient, Settings, dict[str, str]], fake: FakeTwilio
+) -> None:
+    """After the agent's phone hung up mid-transfer, cancelling would unhold the caller into a conference with
+    nobody in it and hang up the target: refused, and the target still takes the caller when they answer."""
+    client, settings, tokens = voice
+    post(client, VOICE, call_params())
+    post(client, WAIT_URL, [("CallSid", CALL), ("QueueSid", QUEUE_SID)])
+    with console(client, tokens["ana"]) as ws, console(client, tokens["ben"]):
+        _until(lambda: len(events(settings, protocol.AGENT_PRESENCE)) >= 2)
+        command(ws, "a-1", protocol.ACCEPT_CALL, {"call_sid": CALL})
+        ana_leg = _until(lambda: fake.posts("/Participants.json"))[0]["Label"][0]
+        leg = [("CallSid", AGENT_LEG), ("From", OUR_NUMBER), ("To", ANA_PHONE)]
+        post(client, f"{STATUS}?leg={ana_leg}", [*leg, ("CallStatus", "in-progress")])
+        command(ws, "a-2", protocol.TRANSFER_CALL, {"call_sid": CALL, "mode": "warm", "target": {"agent": "ben"}})
+        ben_leg = _until(lambda: fake.posts("/Participants.json")[1:])[0]["Label"][0]
+        post(client, f"{STATUS}?leg={ana_leg}", [*leg, ("CallStatus", "completed")])
+        cancel, _ = command(ws, "a-3", protocol.CANCEL_TRANSFER, {"call_sid": CALL})
+        assert cancel["ok"] is False and cancel["error"]["code"] == "no_transfer", cancel
+        ben = [("CallSid", "CA" + "6" * 32), ("From", OUR_NUMBER), ("To", "client:ben")]
+        post(client, f"{STATUS}?leg={ben_leg}", [*ben, ("CallStatus", "in-progress")])
+    assert changes(settings)[-1] == "transfer_completed"
