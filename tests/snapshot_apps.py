@@ -12,6 +12,7 @@ from textual.pilot import Pilot
 from console.app import SwitchboardApp
 from console.cache import Cache
 from console.config import ConsoleConfig
+from console.widgets.thread_view import ThreadView
 from tests.console_support import calls_events, demo_events, fill, frozen_clock
 
 
@@ -39,6 +40,13 @@ async def settle(pilot: Pilot[Any]) -> None:
         await pilot.pause(0.05)
         await pilot.app.workers.wait_for_complete()
     await pilot.pause(0.1)
+    # A thread opens with its last screenful and draws the rest a frame later (the scrollbar's thumb changes then):
+    # on a loaded machine that frame can come late, so wait for it, boundedly.
+    for _ in range(40):
+        if all(not view._first_row for view in pilot.app.query(ThreadView)):
+            break
+        await pilot.pause(0.05)
+    await pilot.pause(0.05)
 
 
 async def open_failed_thread(pilot: Pilot[Any]) -> None:
