@@ -16,12 +16,13 @@ from textual.strip import Strip
 from console.app import SwitchboardApp
 from console.cache import Cache
 from console.config import ConsoleConfig
+from console.screens import main as main_screen
 from console.screens.help import HelpScreen
 from console.screens.search import SearchScreen
 from console.widgets.composer import Composer, counter_text
 from console.widgets.conversation_list import ConversationList
 from console.widgets.thread_view import ThreadView
-from tests.console_support import NOW, EventLog, customer, demo_events, fill, frozen_clock
+from tests.console_support import NOW, EventLog, FakeLink, customer, demo_events, fill, frozen_clock
 
 SIZE = (120, 36)
 
@@ -237,3 +238,24 @@ async def test_offline_actions_say_they_need_the_bridge(cache: Cache) -> None:
         await settle(pilot)
         assert any("No bridge is configured" in str(n.message) for n in app._notifications)
         assert app.query_one(Composer).text == "on my way"  # the draft is kept
+
+
+async def test_a_burst_of_texts_gets_one_toast_and_a_summary(cache: Cache, monkeypatch: pytest.MonkeyPatch) -> None:
+    """At 20 texts a second a toast each would bury the screen: one batch's toasts, then the rest summed up."""
+    monkeypatch.setattr(main_screen, "TOAST_GAP", 0.3)
+    app = SwitchboardApp(cache, ConsoleConfig(), link_factory=FakeLink.factory(), clock=frozen_clock, tz=UTC)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        link = app.link
+        assert isinstance(link, FakeLink)
+        log = EventLog(seq=cache.cursor(), _ids=50_000)
+        for n in range(6):
+            log.events = []
+            log.inbound(customer(900 + n), f"burst text {n}", NOW)
+            link.deliver(log.events)
+            await pilot.pause(0.02)
+        said = [str(n.message) for n in app._notifications]
+        assert said == ["burst text 0"]
+        await pilot.pause(0.5)
+        said = [str(n.message) for n in app._notifications]
+        assert said == ["burst text 0", "5 more new texts in the inbox"]
