@@ -1567,8 +1567,7 @@ def inbound(results: dict[str, Any], report: Report, big_path: Path, quick: bool
         f"p99 < {TARGETS['inbound_p99_ms']:.0f} ms",
         e["p99"] < TARGETS["inbound_p99_ms"] and not r["unpainted"],
         f"n={e['n']}, max {fmt(e['max'])} ms, {len(r['unpainted'])} not painted within {WAIT:.0f} s; "
-        f"others {r['others_cores']:.1f} cores; p50 costs: {costs}; "
-        "MainScreen waits 50 ms before every reload",
+        f"others {r['others_cores']:.1f} cores; p50 costs: {costs}",
     )
     for label, _ in variants[1:]:
         v = found[label]["event_to_paint"]
