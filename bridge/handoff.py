@@ -373,8 +373,14 @@ class Handoff:
         leg = add_leg(tx, call_sid, "target", target_agent, endpoint)
         steps = [
             self._hold_step(row, True),
-            # From now on the agent leaving must not end the conference: the caller would be dropped.
-            {"op": "participant", "who": agent_leg, "set": {"EndConferenceOnExit": "false"}},
+            # From now on the agent leaving must not end the conference: the caller would be dropped. If Twilio
+            # refuses this, the rest of the transfer (a cold one's kick of the agent above all) must not happen.
+            {
+                "op": "participant",
+                "who": agent_leg,
+                "set": {"EndConferenceOnExit": "false"},
+                "abort_transfer": {"agent": agent, "target_leg": leg, "muted": bool(row["muted"])},
+            },
             {"op": "dial", "leg": leg, "to": endpoint, "from": row["twilio_number"], "end_on_exit": False},
         ]
         if target_agent is not None:
@@ -596,6 +602,7 @@ class Handoff:
         if before is not None:
             await asyncio.wait([before])
         problems: list[str] = []
+        aborted: dict[str, Any] | None = None
         for step in steps:
             try:
                 await self._step(call_sid, step, resumed)
@@ -605,12 +612,60 @@ class Handoff:
             except Exception:  # a bug in one step must not leave the others undone
                 log.exception("call %s: %s failed", call_sid, step["op"])
                 problems.append(f"{step['op']}: internal error")
+            else:
+                continue
+            if "abort_transfer" in step:  # the steps after it would drop the caller: none of them, and undo it
+                aborted = step
+                break
         state, error = ("failed", "; ".join(problems)) if problems else ("done", None)
-        await self.store.write(
-            lambda tx: tx.execute(
+
+        def settle(tx: Tx) -> list[Intent]:
+            tx.execute(
                 "UPDATE voice_intents SET state = ?, error = ?, updated_at = ? WHERE id = ?",
                 (state, error, tx.now, intent),
             )
+            if aborted is not None:
+                self._transfer_step_failed(tx, call_sid, aborted)
+            return intents_of(tx)
+
+        self.run_intents(await self.store.write(settle))
+
+    @staticmethod
+    def _transfer_step_failed(tx: Tx, call_sid: str, step: dict[str, Any]) -> None:
+        """Twilio refused to stop the agent's leg ending the conference: the transfer has not started (nobody was
+        dialled, nobody kicked), so it failed and the call stays with the agent, unheld."""
+        undo = step["abort_transfer"]
+        row = call_row(tx.conn, call_sid)
+        transfer = None if row is None else transfer_of(row)
+        if row is None or transfer is None or row["target_leg"] != undo["target_leg"] or transfer["state"] != "ringing":
+            return  # the call moved on meanwhile (the caller hung up, say): nothing of this transfer is left to undo
+        agent, agent_leg = undo["agent"], step["who"]
+        target = leg_row(tx.conn, undo["target_leg"])
+        tx.execute("UPDATE call_legs SET status = 'ended' WHERE leg_id = ?", (undo["target_leg"],))  # never dialled
+        if target is not None:
+            release_agent(tx, target["agent"], call_sid)
+        tx.execute("UPDATE call_legs SET status = 'answered' WHERE leg_id = ?", (agent_leg,))  # a cold one ended it
+        set_presence(tx, agent, "busy", "on_call", call_sid=call_sid)
+        add_intent(
+            tx,
+            call_sid,
+            [
+                {"op": "participant", "who": agent_leg, "set": {"EndConferenceOnExit": "true"}},
+                {"op": "participant", "who": "customer", "set": {"Hold": "false"}},
+            ],
+        )
+        update_call(
+            tx,
+            call_sid,
+            "transfer_failed",
+            state="connected",
+            agent=agent,
+            agent_leg=agent_leg,
+            target_leg=None,
+            on_hold=0,
+            muted=row["muted"] if transfer["mode"] == "warm" else int(undo["muted"]),
+            transfer={**transfer, "state": "failed"},
+            reason=f"Twilio refused to start the transfer to {transfer['target']}; you are still with the caller.",
         )
 
     async def _step(self, call_sid: str, step: dict[str, Any], resumed: bool) -> None:

@@ -9,7 +9,7 @@ import json
 import sqlite3
 import threading
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -191,6 +191,8 @@ class FakeTwilio:
         self.requests: list[tuple[str, str, dict[str, list[str]]]] = []
         self.participants: dict[str, dict[str, Any]] = {}
         self.lock = threading.Lock()
+        self.refuse: Callable[[str, str, dict[str, list[str]]], bool] = lambda method, path, form: False
+        """Requests for which this answers as Twilio refusing them (400)."""
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         path = urlsplit(str(request.url)).path.split(f"/Accounts/{ACCOUNT_SID}", 1)[1]
@@ -199,6 +201,8 @@ class FakeTwilio:
             form.setdefault(key, []).append(value)
         with self.lock:
             self.requests.append((request.method, path, form))
+        if self.refuse(request.method, path, form):
+            return httpx.Response(400, json={"code": 20001, "message": "refused", "status": 400})
         if request.method == "POST" and path.endswith("/Participants.json"):
             participant = {"call_sid": AGENT_LEG, "conference_sid": CONF_SID, "label": form["Label"][0]}
             self.participants[form["Label"][0]] = participant
@@ -685,3 +689,40 @@ def test_a_warm_transfer_cannot_be_cancelled_once_the_agent_has_hung_up(
         ben = [("CallSid", "CA" + "6" * 32), ("From", OUR_NUMBER), ("To", "client:ben")]
         post(client, f"{STATUS}?leg={ben_leg}", [*ben, ("CallStatus", "in-progress")])
     assert changes(settings)[-1] == "transfer_completed"
+
+
+@pytest.mark.parametrize("mode", ["cold", "warm"])
+def test_a_transfer_whose_agent_leg_cannot_stop_ending_the_conference_fails_and_keeps_the_agent(
+    voice: tuple[TestClient, Settings, dict[str, str]], fake: FakeTwilio, mode: str
+) -> None:
+    """Twilio refuses EndConferenceOnExit=false on the agent's leg: kicking the agent (cold) would end the conference
+    with the caller in it. The rest of the transfer is not carried out; it failed and the agent keeps the caller."""
+    client, settings, tokens = voice
+    post(client, VOICE, call_params())
+    post(client, WAIT_URL, [("CallSid", CALL), ("QueueSid", QUEUE_SID)])
+    fake.refuse = lambda method, path, form: (
+        path.endswith(f"/Participants/{AGENT_LEG}.json") and form.get("EndConferenceOnExit") == ["false"]
+    )
+    with console(client, tokens["ana"]) as ws, console(client, tokens["ben"]):
+        _until(lambda: len(events(settings, protocol.AGENT_PRESENCE)) >= 2)
+        command(ws, "a-1", protocol.ACCEPT_CALL, {"call_sid": CALL})
+        ana_leg = _until(lambda: fake.posts("/Participants.json"))[0]["Label"][0]
+        leg = [("CallSid", AGENT_LEG), ("From", OUR_NUMBER), ("To", ANA_PHONE)]
+        post(client, f"{STATUS}?leg={ana_leg}", [*leg, ("CallStatus", "in-progress")])
+        moved, _ = command(
+            ws, "a-2", protocol.TRANSFER_CALL, {"call_sid": CALL, "mode": mode, "target": {"agent": "ben"}}
+        )
+        assert moved["ok"] is True, moved
+        _until(lambda: "transfer_failed" in changes(settings))
+        _until(lambda: [f for f in fake.posts(f"/Participants/{CALL}.json") if f.get("Hold") == ["false"]])
+    assert [m for m, _, _ in fake.requests].count("DELETE") == 0  # nobody kicked
+    assert len(fake.posts("/Participants.json")) == 1  # ben never dialled
+    assert fake.posts(f"/Participants/{AGENT_LEG}.json")[-1]["EndConferenceOnExit"] == ["true"]
+    [failed] = [e for e in events(settings, protocol.CALL_UPDATED) if e["change"] == "transfer_failed"]
+    assert (failed["state"], failed["agent"], failed["on_hold"]) == ("connected", "ana", False)
+    assert failed["transfer"]["state"] == "failed"
+    assert _query(settings, "SELECT agent, presence, reason FROM presence ORDER BY agent") == [
+        ("ana", "busy", "on_call"),
+        ("ben", "available", "released"),
+    ]
+    assert _query(settings, f"SELECT status FROM call_legs WHERE leg_id = '{ana_leg}'") == [("answered",)]
