@@ -135,6 +135,8 @@ class MainScreen(CallControls, Screen[None]):
     def __init__(self) -> None:
         super().__init__()
         self._reload_timer: Timer | None = None
+        self._thread_started: str | None = None
+        """The conversation whose thread open_conversation began loading itself (the header need not)."""
         self._reloaded_at = 0.0
         self._quiet_until = 0.0
         self._texts_unsaid = 0
@@ -245,6 +247,13 @@ class MainScreen(CallControls, Screen[None]):
 
     def open_conversation(self, conversation_id: str, at_pos: int | None = None) -> None:
         self._opening = conversation_id
+        self._thread_started = None
+        row = self.inbox.highlighted
+        if at_pos is None and row is not None and row.id == conversation_id:
+            # The inbox already holds the row: start reading the thread now, beside the header's read, instead of
+            # after it (one thread hop less between a key and the thread on screen).
+            self.thread.show(row.id, _label(row), None)
+            self._thread_started = row.id
         self._load_header(conversation_id, at_pos, mark_read=True)
 
     @work(thread=True, group="header")
@@ -256,6 +265,8 @@ class MainScreen(CallControls, Screen[None]):
         self._to_ui(self._show_header, row, at_pos, mark_read)
 
     def _show_header(self, row: ConversationRow | None, at_pos: int | None, opened: bool) -> None:
+        if opened and row is not None and self._opening is not None and row.id != self._opening:
+            return  # the agent moved on while this was read: a later one is coming
         previous = self.current
         self.header.conversation = row
         self.header.me = self.thread.me = self.console_app.agent or ""
@@ -264,8 +275,10 @@ class MainScreen(CallControls, Screen[None]):
         if row is None:
             return
         if opened or previous is None or previous.id != row.id:
-            label = one_line(row.customer_name) if row.customer_name else display_number(row.customer_number)
-            self.thread.show(row.id, label, at_pos)
+            label = _label(row)
+            started, self._thread_started = self._thread_started, None
+            if started != row.id or self.thread.conversation_id != row.id or self.thread.customer_label != label:
+                self.thread.show(row.id, label, at_pos)
             self.console_app.send_signal(row.id, "viewing")
             if previous is not None and previous.id != row.id:
                 self.console_app.send_signal(previous.id, "idle")
@@ -655,3 +668,8 @@ class MainScreen(CallControls, Screen[None]):
         finally:
             os.unlink(path)
         self.composer.area.focus()
+
+
+def _label(row: ConversationRow) -> str:
+    """How the thread names the customer."""
+    return one_line(row.customer_name) if row.customer_name else display_number(row.customer_number)
