@@ -252,6 +252,11 @@ def incoming(tx: Tx, voice: Handoff, req: CallRequest, requeue: bool) -> bytes:
         if requeue:
             return twiml.goodbye("Sorry, we lost your place in line. Please call again.")
         return _new_call(tx, voice, req)
+    return _back_in_line(voice, row, requeue)
+
+
+def _back_in_line(voice: Handoff, row: sqlite3.Row, requeue: bool) -> bytes:
+    """What a caller the bridge knows, reaching the voice URL (or, late, the join URL), is answered with."""
     state = row["state"]
     queue = voice.queues.named(row["queue"] or row["last_queue"]) or voice.queues.for_number(row["twilio_number"])
     if state == "queued" or (state in ("ringing_agent", *IN_CONFERENCE) and not row["caller_joined"]):
@@ -388,7 +393,15 @@ def queue_exit(tx: Tx, voice: Handoff, req: QueueRequest) -> bytes:
 
 
 def join(tx: Tx, voice: Handoff, req: QueueRequest) -> bytes:
-    """The caller, out of the queue for an agent who answered, joins the call's conference."""
+    """The caller, out of the queue for an agent who answered, joins the call's conference.
+
+    Only while the call is in one: a join landing late, after the call went back to the queue (the agent's phone
+    hung up, a transfer failed), would put the caller alone in an empty conference; they wait in line instead."""
+    row = call_row(tx.conn, req.call_sid)
+    if row is None:
+        return twiml.goodbye("Sorry, we lost your place in line. Please call again.")
+    if row["state"] not in IN_CONFERENCE:
+        return _back_in_line(voice, row, True)
     tx.execute("UPDATE calls SET caller_joined = 1 WHERE call_sid = ?", (req.call_sid,))
     return twiml.join_conference(req.call_sid, voice.url("/twilio/voice/conference"), "")
 

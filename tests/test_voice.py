@@ -326,6 +326,10 @@ def test_an_incoming_call_is_greeted_queued_and_logged(voice: tuple[TestClient, 
     again = client.post(VOICE, content=body, headers=headers)
     assert [e.tag for e in parse(first.content)] == [e.tag for e in parse(again.content)] == ["Say", "Enqueue"]
     assert changes(settings) == ["queued"]
+    conn = sqlite3.connect(settings.db_path)  # an agent answered (a join is for a call in its conference)
+    conn.execute("UPDATE calls SET state = 'connected'")
+    conn.commit()
+    conn.close()
     join_url = f"{BASE}/twilio/voice/join"
     body, headers = signed(join_url, [("CallSid", CALL), ("QueueSid", QUEUE_SID)])
     for _ in range(2):
@@ -726,3 +730,26 @@ def test_a_transfer_whose_agent_leg_cannot_stop_ending_the_conference_fails_and_
         ("ben", "available", "released"),
     ]
     assert _query(settings, f"SELECT status FROM call_legs WHERE leg_id = '{ana_leg}'") == [("answered",)]
+
+
+def test_a_late_join_for_a_call_back_in_the_queue_waits_in_line_not_in_an_empty_conference(
+    voice: tuple[TestClient, Settings, dict[str, str]], fake: FakeTwilio
+) -> None:
+    """The agent answered and the caller was dequeued, but the agent sent them back to the queue before the join
+    request landed: joining would leave the caller alone in an empty conference; they are enqueued again."""
+    client, settings, tokens = voice
+    post(client, VOICE, call_params())
+    post(client, WAIT_URL, [("CallSid", CALL), ("QueueSid", QUEUE_SID)])
+    with console(client, tokens["ana"]) as ws:
+        command(ws, "a-1", protocol.ACCEPT_CALL, {"call_sid": CALL})
+        ana_leg = _until(lambda: fake.posts("/Participants.json"))[0]["Label"][0]
+        leg = [("CallSid", AGENT_LEG), ("From", OUR_NUMBER), ("To", ANA_PHONE)]
+        post(client, f"{STATUS}?leg={ana_leg}", [*leg, ("CallStatus", "in-progress")])
+        moved, _ = command(
+            ws, "a-2", protocol.TRANSFER_CALL, {"call_sid": CALL, "mode": "cold", "target": {"queue": "support"}}
+        )
+        assert moved["ok"] is True, moved
+    answer = post(client, f"{BASE}/twilio/voice/join", [("CallSid", CALL), ("QueueSid", QUEUE_SID)])
+    [enqueue] = list(parse(answer.content))
+    assert (enqueue.tag, enqueue.text) == ("Enqueue", "support")
+    assert _query(settings, "SELECT state, caller_joined FROM calls") == [("queued", 0)]
