@@ -476,6 +476,13 @@ class Handoff:
                     raise Refusal("call_ended", "That call is already over.")
                 if row["agent"] != agent:
                     raise Refusal("not_your_call", f"This call is not yours (it is with {row['agent'] or 'nobody'}).")
+                transfer = transfer_of(row)
+                if transfer is not None and transfer.get("agent_left") and row["target_leg"] is not None:
+                    # The target, still ringing, takes the caller when they answer: hanging up would drop them.
+                    raise Refusal(
+                        "transfer_in_progress",
+                        "Your phone has left the call: the transfer goes ahead, and the caller is not hung up.",
+                    )
                 steps: list[dict[str, Any]] = [{"op": "hangup_caller"}]
                 if row["state"] in IN_CONFERENCE:
                     steps.append({"op": "end_conference"})

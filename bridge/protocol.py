@@ -222,7 +222,8 @@ CANCEL_TRANSFER: Final = "cancel_transfer"
 result data: call_sid. Refusals as for complete_transfer."""
 HANG_UP: Final = "hang_up"
 """args: call_sid. Ends the call for the caller too; the agent enters wrap-up. result data: call_sid.
-Refusals: bad_args, unknown_call, not_your_call, call_ended."""
+Refusals: bad_args, unknown_call, not_your_call, call_ended, transfer_in_progress (the agent's phone left a warm
+transfer whose target is still ringing: the target takes the caller)."""
 WRAP_UP: Final = "wrap_up"
 """args: call_sid, note (the disposition: 1–MAX_NOTE_CHARS characters). Adds the note to the conversation
 (note.added, with call_sid) and makes the agent available again. result data: call_sid, note_id.

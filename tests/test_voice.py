@@ -753,3 +753,29 @@ def test_a_late_join_for_a_call_back_in_the_queue_waits_in_line_not_in_an_empty_
     [enqueue] = list(parse(answer.content))
     assert (enqueue.tag, enqueue.text) == ("Enqueue", "support")
     assert _query(settings, "SELECT state, caller_joined FROM calls") == [("queued", 0)]
+
+
+def test_hang_up_is_refused_once_the_agent_has_left_a_warm_transfer(
+    voice: tuple[TestClient, Settings, dict[str, str]], fake: FakeTwilio
+) -> None:
+    """The agent's phone hung up while the warm-transfer target rings: the target is about to take the caller, and
+    hanging up from the console would drop them. Refused; the target still takes the caller when they answer."""
+    client, settings, tokens = voice
+    post(client, VOICE, call_params())
+    post(client, WAIT_URL, [("CallSid", CALL), ("QueueSid", QUEUE_SID)])
+    with console(client, tokens["ana"]) as ws, console(client, tokens["ben"]):
+        _until(lambda: len(events(settings, protocol.AGENT_PRESENCE)) >= 2)
+        command(ws, "a-1", protocol.ACCEPT_CALL, {"call_sid": CALL})
+        ana_leg = _until(lambda: fake.posts("/Participants.json"))[0]["Label"][0]
+        leg = [("CallSid", AGENT_LEG), ("From", OUR_NUMBER), ("To", ANA_PHONE)]
+        post(client, f"{STATUS}?leg={ana_leg}", [*leg, ("CallStatus", "in-progress")])
+        command(ws, "a-2", protocol.TRANSFER_CALL, {"call_sid": CALL, "mode": "warm", "target": {"agent": "ben"}})
+        ben_leg = _until(lambda: fake.posts("/Participants.json")[1:])[0]["Label"][0]
+        post(client, f"{STATUS}?leg={ana_leg}", [*leg, ("CallStatus", "completed")])
+        refused, _ = command(ws, "a-3", protocol.HANG_UP, {"call_sid": CALL})
+        assert refused["ok"] is False and refused["error"]["code"] == "transfer_in_progress", refused
+        assert "ended" not in changes(settings)
+        ben = [("CallSid", "CA" + "6" * 32), ("From", OUR_NUMBER), ("To", "client:ben")]
+        post(client, f"{STATUS}?leg={ben_leg}", [*ben, ("CallStatus", "in-progress")])
+    assert changes(settings)[-1] == "transfer_completed"
+    assert fake.posts(f"/Calls/{CALL}.json") == []  # the caller was never hung up
