@@ -303,6 +303,8 @@ def back_to_queue(tx: Tx, row: sqlite3.Row, change: str, reason: str, redirect: 
     if redirect:
         add_intent(tx, row["call_sid"], [{"op": "redirect", "path": "/twilio/voice?requeue=1"}])
     queue = fields.pop("queue", None) or row["last_queue"]
+    if queue != row["last_queue"]:
+        fields["queue_sid"] = None  # the old queue's: the caller is dequeued from the new one (its SID looked up)
     return update_call(
         tx,
         row["call_sid"],

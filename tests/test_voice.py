@@ -193,6 +193,8 @@ class FakeTwilio:
         self.lock = threading.Lock()
         self.refuse: Callable[[str, str, dict[str, list[str]]], bool] = lambda method, path, form: False
         """Requests for which this answers as Twilio refusing them (400)."""
+        self.queues: dict[str, str] = {}
+        """The queues Twilio lists (friendly name → QU… SID)."""
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         path = urlsplit(str(request.url)).path.split(f"/Accounts/{ACCOUNT_SID}", 1)[1]
@@ -213,6 +215,9 @@ class FakeTwilio:
             return httpx.Response(200, json=found) if found else httpx.Response(404, json={"code": 20404})
         if request.method == "DELETE":
             return httpx.Response(204)
+        if request.method == "GET" and path == "/Queues.json":
+            listed = [{"sid": sid, "friendly_name": name} for name, sid in self.queues.items()]
+            return httpx.Response(200, json={"queues": listed})
         return httpx.Response(200, json={})
 
     def posts(self, suffix: str) -> list[dict[str, list[str]]]:
@@ -779,3 +784,36 @@ def test_hang_up_is_refused_once_the_agent_has_left_a_warm_transfer(
         post(client, f"{STATUS}?leg={ben_leg}", [*ben, ("CallStatus", "in-progress")])
     assert changes(settings)[-1] == "transfer_completed"
     assert fake.posts(f"/Calls/{CALL}.json") == []  # the caller was never hung up
+
+
+def test_a_caller_transferred_to_another_queue_is_dequeued_from_that_queue(tmp_path: Path, fake: FakeTwilio) -> None:
+    """The call learnt its support queue's SID; sent to billing, the next agent's dequeue must go to billing's
+    queue (looked up by name until the wait loop says), not to support's, where the caller no longer is."""
+    billing_sid = "QU" + "7" * 32
+    fake.queues = {"support": QUEUE_SID, "billing": billing_sid}
+    settings = voice_settings(tmp_path)
+    tokens = agents(settings, {"ana": ANA_PHONE, "ben": "client:ben"})
+    config = QueueConfig((Queue("support", catch_all=True, longest_wait=60), Queue("billing", longest_wait=60)))
+    http = httpx.AsyncClient(transport=httpx.MockTransport(fake))
+    with TestClient(create_app(settings, http=http, queues=config), base_url=BASE) as client:
+        post(client, VOICE, call_params())
+        post(client, WAIT_URL, [("CallSid", CALL), ("QueueSid", QUEUE_SID)])
+        with console(client, tokens["ana"]) as ws, console(client, tokens["ben"]) as other:
+            _until(lambda: len(events(settings, protocol.AGENT_PRESENCE)) >= 2)
+            command(ws, "a-1", protocol.ACCEPT_CALL, {"call_sid": CALL})
+            ana_leg = _until(lambda: fake.posts("/Participants.json"))[0]["Label"][0]
+            leg = [("CallSid", AGENT_LEG), ("From", OUR_NUMBER), ("To", ANA_PHONE)]
+            post(client, f"{STATUS}?leg={ana_leg}", [*leg, ("CallStatus", "in-progress")])
+            _until(lambda: fake.posts(f"/Queues/{QUEUE_SID}/Members/{CALL}.json"))
+            post(client, f"{BASE}/twilio/voice/join", [("CallSid", CALL), ("QueueSid", QUEUE_SID)])
+            moved, _ = command(
+                ws, "a-2", protocol.TRANSFER_CALL, {"call_sid": CALL, "mode": "cold", "target": {"queue": "billing"}}
+            )
+            assert moved["ok"] is True, moved
+            taken, _ = command(other, "b-1", protocol.ACCEPT_CALL, {"call_sid": CALL})
+            assert taken["ok"] is True, taken
+            ben_leg = _until(lambda: fake.posts("/Participants.json")[1:])[0]["Label"][0]
+            ben = [("CallSid", "CA" + "6" * 32), ("From", OUR_NUMBER), ("To", "client:ben")]
+            post(client, f"{STATUS}?leg={ben_leg}", [*ben, ("CallStatus", "in-progress")])
+            _until(lambda: fake.posts(f"/Queues/{billing_sid}/Members/{CALL}.json"))
+    assert len(fake.posts(f"/Queues/{QUEUE_SID}/Members/{CALL}.json")) == 1  # ana's dequeue only
