@@ -487,7 +487,10 @@ class Handoff:
                 if row["state"] in IN_CONFERENCE:
                     steps.append({"op": "end_conference"})
                 add_intent(tx, call_sid, steps)
-                end_call(tx, row, f"{agent} hung up.")
+                # Hung up while their own phone still rang, nobody talked to the caller: not abandoned (the caller
+                # did not give up), so no missed-call text either.
+                outcome = None if json.loads(row["agents"]) else "agent_hung_up"
+                end_call(tx, row, f"{agent} hung up.", outcome=outcome)
                 return {"call_sid": call_sid}
 
             return action

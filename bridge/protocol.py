@@ -145,6 +145,7 @@ CALL_OUTCOMES: Final = frozenset(
     {
         "answered",  # talked to at least one agent
         "abandoned",  # the caller hung up before anyone answered
+        "agent_hung_up",  # the agent who took it hung up before anyone talked to the caller (their phone still rang)
         "voicemail",  # left a voicemail
         "transferred_out",  # cold-transferred to an external number
         "failed",  # Twilio or the bridge could not carry the call

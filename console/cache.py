@@ -1137,6 +1137,8 @@ def call_preview(d: dict[str, Any]) -> str | None:
         return f"📞 Call · transferred to {target}" if target else "📞 Call · transferred out"
     if outcome == "failed":
         return "📞 Call failed"
+    if outcome == "agent_hung_up":
+        return f"📞 Call · hung up by {d.get('agent')}" if d.get("agent") else "📞 Call · hung up by the agent"
     waited = _seconds_between(d.get("queued_at"), d.get("ended_at"))
     return f"📞 Missed call · hung up after {clock_time(waited)}" if waited is not None else "📞 Missed call"
 

@@ -157,6 +157,8 @@ def test_previews_say_how_a_call_went() -> None:
     assert call_preview(moved) == "📞 Call · 40s · answered by ana → bob"
     assert call_preview({"state": "ringing_agent", "agent": "ana"}) == "📞 Calling · ringing ana"
     assert call_preview({"state": "ended", "outcome": "voicemail"}) is None
+    hung_up: dict[str, object] = {**base, "state": "ended", "outcome": "agent_hung_up", "agents": [], "agent": "ana"}
+    assert call_preview(hung_up) == "📞 Call · hung up by ana"  # not a missed call: the caller did not give up
 
 
 def test_a_catch_up_of_many_calls_is_fast(cache: Cache) -> None:

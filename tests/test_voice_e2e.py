@@ -610,6 +610,26 @@ async def test_caller_hanging_up_while_the_agent_phone_rings_releases_the_agent(
         await world.until(lambda: _ended(world, leg["sid"]), "ana's phone stopped ringing")
 
 
+async def test_an_agent_hanging_up_while_their_phone_rings_is_no_missed_call(tmp_path: Path) -> None:
+    """The agent hung up (their own phone still ringing): the caller did not give up, so the outcome is not
+    "abandoned" and no "sorry we missed you" text goes out."""
+    config = queues(missed_call_text="Sorry we missed you! Reply here and we'll help.")
+    async with loopback(tmp_path, config) as world, world.agent("ana") as ana:
+        await world.phone(ANA_PHONE, ring=200.0)  # rings for a long while
+        sid = await queued(ana, world)
+        await world.until(lambda: _in_queue(world, sid), "the caller in the queue")
+        await ana.do(protocol.ACCEPT_CALL, call_sid=sid)
+        await world.until(lambda: world.legs_to(ANA_PHONE), "ana's phone ringing")
+        hung_up = await ana.do(protocol.HANG_UP, call_sid=sid)
+        assert hung_up["ok"] is True, hung_up
+        ended = await ana.call("ended", call_sid=sid)
+        assert (ended["data"]["outcome"], ended["data"]["agents"]) == ("agent_hung_up", [])
+        await world.until(lambda: _ended(world, sid), "the caller's call over")
+        await asyncio.sleep(0.5)  # the missed-call text, were it sent, is sent as soon as the end commits
+        assert ana.events(protocol.MESSAGE_OUTBOUND) == []
+        assert world.db("SELECT count(*) FROM messages") == [(0,)]
+
+
 async def test_agent_leaving_mid_consultation_leaves_the_caller_with_the_target(tmp_path: Path) -> None:
     async with loopback(tmp_path) as world, world.agent("ana") as ana, world.agent("ben"):
         sid = await connected(ana, world)

@@ -61,6 +61,7 @@ class Pending:
 OUTCOMES = {
     "answered": "answered",
     "abandoned": "caller hung up before anyone answered",
+    "agent_hung_up": "hung up by the agent before anyone answered",
     "voicemail": "went to voicemail",
     "transferred_out": "transferred out",
     "failed": "failed",
