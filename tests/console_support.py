@@ -273,7 +273,11 @@ def calls_events(
     calls.answer(colleague, "bob", NOW - timedelta(minutes=8))
     if mine is not None:
         sid = calls.start(customer(114), NOW - timedelta(minutes=6), caller_name="Jordan Alvarez")
-        calls.answer(sid, "you", NOW - timedelta(minutes=5, seconds=30))
+        if mine == "ringing_agent":  # accepted, your phone still ringing
+            calls.update(sid, "accepted", NOW - timedelta(seconds=3), state="ringing_agent", agent="you", queue=None)
+            calls.presence("you", "busy", "on_call", NOW - timedelta(seconds=3), sid)
+        else:
+            calls.answer(sid, "you", NOW - timedelta(minutes=5, seconds=30))
         if mine == "on_hold":
             calls.update(sid, "held", NOW - timedelta(seconds=47), state="on_hold", on_hold=True)
     callers = [

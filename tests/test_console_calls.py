@@ -459,3 +459,17 @@ async def test_a_typed_transfer_number_with_brackets_is_shown_as_typed(tmp_path:
         await settle(pilot)
         [transfer] = link.sent
         assert transfer.args["target"] == {"number": "[/] [b]+44 20 7946 0958"}
+
+
+async def test_hang_up_is_offered_while_my_phone_still_rings(tmp_path: Path) -> None:
+    cache = make_cache(tmp_path, mine="ringing_agent")
+    async with running(cache) as (app, pilot, link):
+        mine = app.query_one(CallsPanel).mine
+        assert mine is not None and mine.state == "ringing_agent"
+        assert "Ringing your phone" in bar(app)
+        await pilot.press("H")
+        await settle(pilot)
+        assert isinstance(app.screen, Confirm)
+        await pilot.press("y")
+        await settle(pilot)
+        assert [(c.command, c.args) for c in link.sent] == [("hang_up", {"call_sid": mine.call_sid})]

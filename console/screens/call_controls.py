@@ -96,7 +96,8 @@ class CallControls:
         if action == "cancel_transfer":
             return keys.transfer == "warm"
         if action == "hang_up":
-            return state in (*TALKING, "consulting")
+            # While your phone still rings too: an accept by mistake must not leave the caller waiting on it.
+            return state in (*TALKING, "consulting", "ringing_agent")
         if action == "wrap_up":
             return state == "wrap_up"
         if action == "caller_thread":
