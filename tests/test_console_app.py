@@ -92,9 +92,9 @@ async def test_a_long_thread_opens_at_its_newest_and_is_then_drawn_whole(tmp_pat
         drawn_from: list[int] = []
         rebuild = thread._rebuild
 
-        def spy(first_row: int = 0) -> None:
+        def spy(first_row: int = 0, **kw: bool) -> None:
             drawn_from.append(first_row)
-            rebuild(first_row)
+            rebuild(first_row, **kw)
 
         thread._rebuild = spy  # type: ignore[method-assign]
         app.main.open_conversation(log.events[0].data["conversation_id"])
@@ -105,6 +105,28 @@ async def test_a_long_thread_opens_at_its_newest_and_is_then_drawn_whole(tmp_pat
         assert thread.is_vertical_scroll_end
         visible = text_of([thread.render_line(y) for y in range(thread.scrollable_content_region.height)])
         assert "text number 119" in visible and not re.search(r"text number 0\b", visible)
+
+
+async def test_a_thread_that_fits_stays_at_its_newest_when_the_window_shrinks(tmp_path: Path) -> None:
+    """Opened whole in a tall window, then the window shrinks (or the calls panel grows above it): the reader
+    stays at the newest line, and the lines are drawn again for the scrollbar that came, with no sideways scroll."""
+    cache = Cache(tmp_path / "cache.db")
+    log = EventLog()
+    for n in range(6):
+        log.inbound(customer(7), f"text number {n} " + "and some words to wrap " * 2, NOW - timedelta(minutes=60 - n))
+    fill(cache, log.events)
+    async with running(cache) as (app, pilot):
+        thread = app.query_one(ThreadView)
+        app.main.open_conversation(log.events[0].data["conversation_id"])
+        await settle(pilot)
+        assert thread.max_scroll_y == 0  # all of it fits
+        await pilot.resize_terminal(80, 24)
+        await settle(pilot)
+        assert thread.max_scroll_y > 0 and thread.scroll_offset.y == thread.max_scroll_y
+        width = thread.scrollable_content_region.width
+        assert thread.virtual_size.width == width and all(line.cell_length == width for line in thread._lines)
+        visible = text_of([thread.render_line(y) for y in range(thread.scrollable_content_region.height)])
+        assert "text number 5" in visible
 
 
 async def test_hostile_customer_text_is_shown_inert(tmp_path: Path) -> None:

@@ -180,6 +180,7 @@ class ThreadView(ScrollView, can_focus=True):
     DEFAULT_CSS = """
     ThreadView {
         background: $surface;
+        overflow-x: hidden;
         scrollbar-size-vertical: 1;
         & > .thread-view--inbound { color: $text; }
         & > .thread-view--outbound { color: $text-primary; }
@@ -235,6 +236,8 @@ class ThreadView(ScrollView, can_focus=True):
         self._width = 0
         self._generation = 0
         self._busy = False
+        self._pinned = True
+        """The reader is at the newest line: a resize (the calls panel growing above, say) keeps them there."""
         self._first_row = 0
         """The first of ``rows`` drawn: a fresh page is drawn from the newest message up to a screen or two, and
         the rest right after that frame (wrapping a long page took ~20 ms, most of a switch between threads)."""
@@ -357,15 +360,25 @@ class ThreadView(ScrollView, can_focus=True):
 
     def watch_scroll_y(self, old: float, new: float) -> None:
         super().watch_scroll_y(old, new)
+        self._pinned = new >= self.max_scroll_y
         self._maybe_page()
 
     # -- drawing ---------------------------------------------------------------------------------------------
 
     def on_resize(self) -> None:
+        pinned = self._pinned
         if self.scrollable_content_region.width != self._width:
             self._rebuild(self._first_row)
+        if pinned and self._lines:
+            self.scroll_end(animate=False, immediate=True)
+            # A scrollbar coming or going changes the width again after this event: stay at the end through that.
+            self.call_after_refresh(self._stay_pinned)
 
-    def _rebuild(self, first_row: int = 0) -> None:
+    def _stay_pinned(self) -> None:
+        if self._pinned and self.scroll_offset.y != self.max_scroll_y:
+            self.scroll_end(animate=False, immediate=True)
+
+    def _rebuild(self, first_row: int = 0, *, again: bool = False) -> None:
         """Draw ``rows[first_row:]`` (all of them by default), the pending outbox and the markers."""
         self._first_row = first_row
         width = max(20, self.scrollable_content_region.width)
@@ -430,6 +443,11 @@ class ThreadView(ScrollView, can_focus=True):
         self._lines = lines
         self._line_of_pos = positions
         self._set_virtual_size(Size(width, len(lines)))
+        if self.scrollable_content_region.width != self._width and not again:
+            # The scroll range just brought the scrollbar in (or took it away), so the width changed under the
+            # lines; the size of the view did not, so no resize will come to redraw them: draw them again now.
+            self._rebuild(first_row, again=True)
+            return
         self.refresh()
 
     def _set_virtual_size(self, size: Size) -> None:
