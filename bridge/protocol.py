@@ -5,6 +5,10 @@ Version 1. Every frame is one JSON object in one WebSocket text message.
 Bridge → console
     ``{"seq": 42, "type": "message.received", "ts": "2026-11-24T05:00:00.123Z", "data": {...}}``
         An event from the log. ``seq`` is gap-free and strictly increasing; ``type`` is one of ``EVENT_TYPES``.
+    ``{"type": "events", "events": [{"seq": 42, ...}, {"seq": 43, ...}]}``
+        Only to a console that connected with ``batch=1``, and only while replaying: consecutive events (each an
+        event frame as above) in one message of at most ``REPLAY_BATCH_BYTES``. A 100k-event catch-up is ~150
+        messages instead of 100,000. An event too large to share a message comes as a frame of its own.
     ``{"type": "caught_up", "cursor": 42, "agent": "ana"}``
         Sent once, after every event with ``seq > after`` has been replayed; live events follow. ``agent`` is the
         name the token belongs to, so a console knows which conversations are its own.
@@ -21,9 +25,10 @@ Console → bridge
         ``id`` is chosen by the console (1–128 printable characters) and is the command's idempotency key.
     ``{"type": "signal", "conversation_id": "CV...", "signal": "typing"}``
 
-Connect with ``GET /v1/stream?after=<seq>`` and ``Authorization: Bearer <agent token>``. A missing or wrong token
-is refused before anything is sent (HTTP 403 on the upgrade; close code 4401 once open, e.g. on revocation).
-A console whose send queue overflows is closed with code 4408 and resumes from its cursor.
+Connect with ``GET /v1/stream?after=<seq>`` (add ``&batch=1`` to take the replay in ``events`` frames) and
+``Authorization: Bearer <agent token>``. A missing or wrong token is refused before anything is sent (HTTP 403
+on the upgrade; close code 4401 once open, e.g. on revocation). A console whose send queue overflows is closed
+with code 4408 and resumes from its cursor.
 """
 
 from __future__ import annotations
@@ -167,6 +172,7 @@ PRESENCE_REASONS: Final = frozenset(
 
 # Control frame types.
 CAUGHT_UP: Final = "caught_up"
+EVENTS: Final = "events"
 RESULT: Final = "result"
 SIGNAL: Final = "signal"
 ERROR: Final = "error"
@@ -265,6 +271,8 @@ CLOSE_SHUTDOWN: Final = 1001
 
 MAX_COMMAND_ID: Final = 128
 MAX_FRAME_BYTES: Final = 256 * 1024
+REPLAY_BATCH_BYTES: Final = 192 * 1024
+"""The most bytes of events one ``events`` frame carries (with its envelope, under MAX_FRAME_BYTES)."""
 
 
 class ProtocolError(ValueError):
@@ -393,6 +401,19 @@ def _load(text: str | bytes) -> dict[str, Any]:
     return frame
 
 
+def _event(frame: dict[str, Any]) -> Event:
+    seq, data, ts, kind = frame.get("seq"), frame.get("data"), frame.get("ts", ""), frame.get("type")
+    if not isinstance(seq, int) or isinstance(seq, bool) or not isinstance(kind, str):
+        raise ProtocolError("bad_event", "an event needs an integer seq and a string type")
+    if not isinstance(data, dict):
+        raise ProtocolError("bad_event", "an event's data must be an object")
+    return Event(seq=seq, type=kind, ts=str(ts), data=data)
+
+
+def _not_an_event() -> Event:
+    raise ProtocolError("bad_event", "each item of an events frame must be an event object")
+
+
 def parse_client_frame(text: str | bytes) -> Command | Signal:
     """Read a frame a console sent; raises ProtocolError with a one-line reason."""
     frame = _load(text)
@@ -424,20 +445,24 @@ def parse_client_frame(text: str | bytes) -> Command | Signal:
     raise ProtocolError("bad_type", f"unknown frame type {kind!r}")
 
 
-ServerFrame = Event | Result | Signal | dict[str, Any]
+ServerFrame = Event | list[Event] | Result | Signal | dict[str, Any]
 
 
 def parse_server_frame(text: str | bytes) -> ServerFrame:
-    """Read a frame the bridge sent: an Event, a Result, a Signal, or the control frame as a dict."""
+    """Read a frame the bridge sent: an Event, a list of them (an ``events`` frame), a Result, a Signal, or the
+    control frame as a dict."""
     frame = _load(text)
     kind = frame.get("type")
     if "seq" in frame:
-        seq, data, ts = frame.get("seq"), frame.get("data"), frame.get("ts", "")
-        if not isinstance(seq, int) or isinstance(seq, bool) or not isinstance(kind, str):
-            raise ProtocolError("bad_event", "an event needs an integer seq and a string type")
-        if not isinstance(data, dict):
-            raise ProtocolError("bad_event", "an event's data must be an object")
-        return Event(seq=seq, type=kind, ts=str(ts), data=data)
+        return _event(frame)
+    if kind == EVENTS:
+        events = frame.get("events")
+        if not isinstance(events, list) or not events:
+            raise ProtocolError("bad_event", "an events frame needs a non-empty list of events")
+        batch = [_event(item) if isinstance(item, dict) else _not_an_event() for item in events]
+        if any(b.seq != a.seq + 1 for a, b in zip(batch, batch[1:], strict=False)):
+            raise ProtocolError("bad_event", "the events in an events frame must be consecutive")
+        return batch
     if kind == RESULT:
         cid = frame.get("id")
         if not isinstance(cid, str):

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import re
+from collections.abc import Iterator
 
 from starlette.responses import PlainTextResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -58,6 +59,11 @@ async def stream_endpoint(websocket: WebSocket) -> None:
         await _refuse(websocket, 400, "after must be a whole number (the last seq this console has)")
         return
     after = int(after_text)
+    batch_text = websocket.query_params.get("batch", "0")
+    if batch_text not in ("0", "1"):
+        await _refuse(websocket, 400, "batch must be 0 or 1 (1: take the replay in events frames)")
+        return
+    batched = batch_text == "1"
     head = await bridge.store.head()
     if after > head:
         # A cursor from another bridge's log (or a restored backup): resuming from it would silently skip events.
@@ -71,7 +77,7 @@ async def stream_endpoint(websocket: WebSocket) -> None:
     await websocket.accept()
     sub = bridge.hub.connect(agent)
     log.info("%s connected, resuming after %d", agent, after)
-    sender = asyncio.create_task(_send_loop(bridge, websocket, sub, after), name=f"stream-send {agent}")
+    sender = asyncio.create_task(_send_loop(bridge, websocket, sub, after, batched), name=f"stream-send {agent}")
     receiver = asyncio.create_task(_receive_loop(bridge, websocket, sub), name=f"stream-recv {agent}")
     stopper = asyncio.create_task(sub.stop.wait(), name=f"stream-stop {agent}")
     try:
@@ -90,10 +96,10 @@ async def stream_endpoint(websocket: WebSocket) -> None:
         log.info("%s disconnected%s", agent, f" ({sub.close_reason})" if sub.close_reason else "")
 
 
-async def _send_loop(bridge: Bridge, websocket: WebSocket, sub: Subscriber, after: int) -> None:
-    cursor = await _replay(bridge, websocket, after)
+async def _send_loop(bridge: Bridge, websocket: WebSocket, sub: Subscriber, after: int, batched: bool) -> None:
+    cursor = await _replay(bridge, websocket, after, batched=batched)
     bridge.hub.attach(sub)
-    cursor = await _replay(bridge, websocket, cursor)
+    cursor = await _replay(bridge, websocket, cursor, batched=batched)
     await websocket.send_text(protocol.encode(protocol.caught_up(cursor, sub.agent)))
     while True:
         seq, frame = await sub.queue.get()
@@ -108,7 +114,9 @@ async def _send_loop(bridge: Bridge, websocket: WebSocket, sub: Subscriber, afte
         cursor = seq
 
 
-async def _replay(bridge: Bridge, websocket: WebSocket, cursor: int, until: int | None = None) -> int:
+async def _replay(
+    bridge: Bridge, websocket: WebSocket, cursor: int, until: int | None = None, *, batched: bool = False
+) -> int:
     """Send every logged event after ``cursor`` (up to ``until``); returns the new cursor."""
     while until is None or cursor < until:
         events = await bridge.store.read_after(cursor, REPLAY_PAGE)
@@ -116,10 +124,34 @@ async def _replay(bridge: Bridge, websocket: WebSocket, cursor: int, until: int 
             events = [e for e in events if e.seq <= until]
         if not events:
             break
-        for event in events:
-            await websocket.send_text(event.frame())
+        frames = [event.frame() for event in events]
+        for text in _batches(frames) if batched else frames:
+            await websocket.send_text(text)
         cursor = events[-1].seq
     return cursor
+
+
+def _batches(frames: list[str]) -> Iterator[str]:
+    """Event frames packed into ``events`` frames of at most REPLAY_BATCH_BYTES (one too large goes alone)."""
+    limit = protocol.REPLAY_BATCH_BYTES
+    group: list[str] = []
+    size = 0
+    for text in frames:
+        # Characters, not bytes: a frame of non-ASCII text is up to 4x larger on the wire; bound it by that.
+        weight = len(text) if text.isascii() else 4 * len(text)
+        if group and size + weight > limit:
+            yield _EVENTS_HEAD + ",".join(group) + "]}"
+            group, size = [], 0
+        if weight > limit:
+            yield text
+            continue
+        group.append(text)
+        size += weight + 1
+    if group:
+        yield _EVENTS_HEAD + ",".join(group) + "]}"
+
+
+_EVENTS_HEAD = f'{{"type":"{protocol.EVENTS}","events":['
 
 
 async def _receive_loop(bridge: Bridge, websocket: WebSocket, sub: Subscriber) -> None:

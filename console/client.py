@@ -61,8 +61,9 @@ are mostly re-read otherwise. Measured on a 1M-message cache: 140k events in 400
 default cache and automatic checkpoints, 18 s with this and no checkpoints until caught up."""
 BATCH_WINDOW: Final = 0.005
 """Seconds to wait for more events before applying a batch that is not full."""
-FRAME_QUEUE: Final = 2 * CATCH_UP_BATCH
-"""Frames read ahead of the cache; beyond this the socket is not read, and TCP slows the bridge down."""
+FRAME_QUEUE: Final = 64
+"""Frames read ahead of the cache (an ``events`` frame of the replay, up to ~1000 events, counts as one); beyond
+this the socket is not read, and TCP slows the bridge down."""
 READ_CHUNK: Final = 16 * 1024
 """Bytes read from the socket per loop callback (see _limit_reads)."""
 HEALTHY_AFTER: Final = 1.0
@@ -199,13 +200,14 @@ class OutboxEntry:
 
 
 def stream_url(bridge_url: str, after: int) -> str:
-    """``http(s)://host[:port][/prefix]`` (or ``ws(s)://``) → ``ws(s)://host[:port][/prefix]/v1/stream?after=N``.
+    """``http(s)://host[:port][/prefix]`` (or ``ws(s)://``) → ``ws(s)://host[:port][/prefix]/v1/stream?after=N``,
+    asking for the replay in ``events`` frames (``batch=1``).
 
     Raises ValueError with a sentence when the URL cannot be a bridge's.
     """
     parts = _bridge_parts(bridge_url)
     scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
-    return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/") + "/v1/stream", f"after={after}", ""))
+    return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/") + "/v1/stream", f"after={after}&batch=1", ""))
 
 
 def health_url(bridge_url: str) -> str:
@@ -562,10 +564,12 @@ class BridgeLink:
                 frame, held = held, None
             else:
                 frame = await frames.get()
-            if isinstance(frame, protocol.Event):
-                batch = [frame]
+            if isinstance(frame, protocol.Event | list):
+                batch = [frame] if isinstance(frame, protocol.Event) else frame
                 limit = self.apply_batch if session.live else self.catch_up_batch
-                while len(batch) < limit:
+                if len(batch) > limit:  # an events frame larger than a transaction: the rest waits its turn
+                    batch, held = batch[:limit], batch[limit:]
+                while len(batch) < limit and held is None:
                     try:
                         nxt = frames.get_nowait()
                     except asyncio.QueueEmpty:
@@ -576,6 +580,11 @@ class BridgeLink:
                             break
                     if isinstance(nxt, protocol.Event):
                         batch.append(nxt)
+                    elif isinstance(nxt, list):
+                        room = limit - len(batch)
+                        batch.extend(nxt[:room])
+                        if len(nxt) > room:
+                            held = nxt[room:]
                     else:
                         held = nxt
                         break

@@ -152,7 +152,7 @@ class World:
     bridge: Served
     twilio: FakeTwilio
     attempts: list[str]
-    """The query of each stream handshake, e.g. "after=40"."""
+    """The query of each stream handshake, e.g. "after=40&batch=1"."""
     commands: list[str]
     """The id of each command frame the bridge received, in order."""
     tmp_path: Path
@@ -347,7 +347,7 @@ async def test_catch_up_from_a_mid_cursor_sends_only_what_is_missing(world: Worl
     seen = world.link(cache)
     seen.link.start()
     await seen.reach(LinkState.CONNECTED)
-    assert world.attempts == ["after=40"]
+    assert world.attempts == ["after=40&batch=1"]
     assert [e.seq for b in seen.batches for e in b.events] == list(range(41, 101))
     assert cache.cursor() == 100
 
@@ -417,7 +417,7 @@ async def test_reconnects_after_the_bridge_restarts_without_gap_or_duplicate(wor
     await seen.reach(LinkState.CONNECTED, times=2)
     await until(lambda: cache.cursor() == 2, "the text sent after the restart")
     assert [e.seq for b in seen.batches for e in b.events] == [1, 2]
-    assert world.attempts[0] == "after=0" and world.attempts[-1] in ("after=1", "after=2")
+    assert world.attempts[0] == "after=0&batch=1" and world.attempts[-1] in ("after=1&batch=1", "after=2&batch=1")
 
 
 # -- refusals ---------------------------------------------------------------------------------------------------
@@ -519,9 +519,12 @@ async def test_a_server_that_is_not_a_bridge_is_a_bad_url(tmp_path: Path) -> Non
 
 
 def test_stream_urls() -> None:
-    assert stream_url("http://127.0.0.1:8000", 7) == "ws://127.0.0.1:8000/v1/stream?after=7"
-    assert stream_url("https://x.example.com/switchboard/", 0) == "wss://x.example.com/switchboard/v1/stream?after=0"
-    assert stream_url("WSS://x.example.com", 3) == "wss://x.example.com/v1/stream?after=3"
+    assert stream_url("http://127.0.0.1:8000", 7) == "ws://127.0.0.1:8000/v1/stream?after=7&batch=1"
+    assert (
+        stream_url("https://x.example.com/switchboard/", 0)
+        == "wss://x.example.com/switchboard/v1/stream?after=0&batch=1"
+    )
+    assert stream_url("WSS://x.example.com", 3) == "wss://x.example.com/v1/stream?after=3&batch=1"
 
 
 # -- backoff ----------------------------------------------------------------------------------------------------
@@ -725,7 +728,7 @@ async def fake_bridge(
 
     async def handler(ws: ServerConnection) -> None:
         assert ws.request is not None
-        after = int(ws.request.path.partition("after=")[2])
+        after = int(ws.request.path.partition("after=")[2].partition("&")[0])
         afters.append(after)
         await script(ws, after, len(afters))
         with contextlib.suppress(Exception):
@@ -831,6 +834,6 @@ async def test_a_catch_up_stopped_midway_resumes_where_the_cache_stopped(world: 
     assert 1 <= stopped_at < 3000 and seen.link.status.state is LinkState.OFFLINE and not seen.link.running
     seen.link.start()
     await seen.reach(LinkState.CONNECTED)
-    assert world.attempts == ["after=0", f"after={stopped_at}"]
+    assert world.attempts == ["after=0&batch=1", f"after={stopped_at}&batch=1"]
     assert [e.seq for b in seen.batches for e in b.events] == list(range(1, 3001))
     assert cache.cursor() == 3000

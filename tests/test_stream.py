@@ -212,3 +212,77 @@ def test_event_frames_parse_with_the_protocol_module(client: TestClient, agent_t
         assert isinstance(event, protocol.Event)
         assert event.data["body"] == "[bold]not markup[/bold] \x1b[31m"
         assert json.loads(ws.receive_text())["type"] == "caught_up"
+
+
+NOON = "2026-11-24T12:00:00.000Z"
+
+
+def log_texts(settings: Settings, bodies: list[str]) -> None:
+    """Append inbound texts to the bridge's log directly (a bridge that ran a long time)."""
+    db = open_database(settings.db_path)
+    try:
+        with db.atomic():
+            db.conn.executemany(
+                "INSERT INTO events (type, ts, data) VALUES (?, ?, ?)",
+                [
+                    (protocol.MESSAGE_RECEIVED, NOON, json.dumps({"n": n, "body": body}, ensure_ascii=False))
+                    for n, body in enumerate(bodies, 1)
+                ],
+            )
+    finally:
+        db.close()
+
+
+def test_a_batched_replay_packs_consecutive_events_into_bounded_frames(
+    client: TestClient, settings: Settings, agent_token: str
+) -> None:
+    """With batch=1 the replay comes in events frames, each within the byte limit even for non-ASCII text; an
+    event too large to share a frame comes alone; caught_up and live events are single frames as before."""
+    huge = "ü" * 50_000  # 100 kB of UTF-8: under the frame limit, counted as too large to share a frame
+    bodies = [f"text {n} " + ("é" * (n % 300)) for n in range(2500)]
+    bodies[1200] = huge
+    log_texts(settings, bodies)
+    with client.websocket_connect("/v1/stream?after=0&batch=1", headers=auth(agent_token)) as ws:
+        seqs: list[int] = []
+        sizes: list[int] = []
+        alone: list[int] = []
+        while True:
+            text = ws.receive_text()
+            assert len(text.encode()) <= protocol.MAX_FRAME_BYTES
+            parsed = protocol.parse_server_frame(text)
+            if isinstance(parsed, list):
+                sizes.append(len(parsed))
+                seqs += [event.seq for event in parsed]
+            elif isinstance(parsed, protocol.Event):
+                alone.append(parsed.seq)
+                seqs.append(parsed.seq)
+            else:
+                assert parsed == {"type": "caught_up", "cursor": 2500, "agent": "ana"}
+                break
+        assert seqs == list(range(1, 2501))
+        assert alone == [1201] and len(sizes) < 40 and max(sizes) > 100
+        send_texts(client, ["live one"])
+        live = protocol.parse_server_frame(ws.receive_text())
+        assert isinstance(live, protocol.Event) and (live.seq, live.data["body"]) == (2501, "live one")
+
+
+def test_batch_must_be_0_or_1(client: TestClient, agent_token: str) -> None:
+    with pytest.raises(WebSocketDenialResponse) as refused:
+        with client.websocket_connect("/v1/stream?after=0&batch=yes", headers=auth(agent_token)):
+            pass  # pragma: no cover
+    assert refused.value.status_code == 400
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        {"type": "events", "events": []},
+        {"type": "events", "events": "nope"},
+        {"type": "events", "events": [1, 2]},
+        {"type": "events", "events": [{"seq": 1, "type": "x", "data": {}}, {"seq": 3, "type": "x", "data": {}}]},
+        {"type": "events", "events": [{"seq": 1, "type": "x", "data": []}]},
+    ],
+)
+def test_a_bad_events_frame_is_a_protocol_error(frame: dict[str, Any]) -> None:
+    with pytest.raises(protocol.ProtocolError):
+        protocol.parse_server_frame(json.dumps(frame))
