@@ -839,6 +839,25 @@ class _Summary:
             self.preview, self.direction = preview, "call"
         self.added += added
 
+    def params(self, conversation_id: str) -> tuple[Any, ...]:
+        """The parameters of _CONVERSATION_UPDATE for this summary."""
+        op, since = self.waiting or ("keep", None)
+        direction = self.direction
+        return (
+            self.last_at,
+            direction,
+            self.preview,
+            direction,
+            direction,
+            self.added,
+            self.unread_reset,
+            self.unread_added,
+            op,
+            since,
+            since,
+            conversation_id,
+        )
+
     def voicemail(self, at: str, preview: str) -> None:
         """A voicemail asks for an answer like a text does."""
         self.inbound(at, preview)
@@ -872,8 +891,15 @@ class _Batch:
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
+        self.messages: list[list[Any]] = []
+        """Texts not yet inserted, in order (``_MESSAGE_INSERT``'s columns): one executemany per batch."""
+        self.unsent: dict[str, list[Any]] = {}
+        """Replies among ``messages``, by id: Twilio's SID and status, when they come in the same batch, are
+        folded into the row instead of updating it after."""
         self.pending: dict[str, _Summary] = {}
         self.known: set[str] = set()
+        self.new_rows: list[tuple[str, str, str, str]] = []
+        """Conversations first seen in this batch, inserted (if new to the cache) with the texts."""
         self.calls: dict[str, tuple[Any, ...]] = {}
         self.call_known: dict[str, _KnownCall | None] = {}
         self.changes: list[tuple[Any, ...]] = []
@@ -929,78 +955,77 @@ class _Batch:
     def conversation(self, d: dict[str, Any], at: str) -> _Summary:
         cid = d["conversation_id"]
         if cid not in self.known:
-            _ensure_conversation(self.conn, d, at)
+            self.new_rows.append((cid, d["twilio_number"], d["customer_number"], at))
             self.known.add(cid)
         return self.pending.setdefault(cid, _Summary())
 
+    def flush_rows(self) -> None:
+        """Insert the conversations and texts seen so far: before a statement that needs them in the tables."""
+        if self.new_rows:
+            self.conn.executemany(_CONVERSATION_INSERT, self.new_rows)
+            self.new_rows.clear()
+        if self.messages:
+            self.conn.executemany(_MESSAGE_INSERT, self.messages)
+            self.messages.clear()
+            self.unsent.clear()
+
     def flush(self) -> None:
+        self.flush_rows()
         self._flush_calls()
-        for cid, row in self.pending.items():
-            op, since = row.waiting or ("keep", None)
-            self.conn.execute(
-                "UPDATE conversations SET last_at = max(last_at, ?), "
-                "last_preview = CASE WHEN ? = '' THEN last_preview ELSE ? END, "
-                "last_direction = CASE WHEN ? = '' THEN last_direction ELSE ? END, "
-                "message_count = message_count + ?, unread = CASE WHEN ? THEN 0 ELSE unread END + ?, "
-                "waiting_since = CASE ? WHEN 'clear' THEN NULL WHEN 'set' THEN ? "
-                "WHEN 'coalesce' THEN coalesce(waiting_since, ?) ELSE waiting_since END WHERE id = ?",
-                (
-                    row.last_at,
-                    row.direction,
-                    row.preview,
-                    row.direction,
-                    row.direction,
-                    row.added,
-                    row.unread_reset,
-                    row.unread_added,
-                    op,
-                    since,
-                    since,
-                    cid,
-                ),
-            )
-        self.pending.clear()
+        if self.pending:
+            self.conn.executemany(_CONVERSATION_UPDATE, [row.params(cid) for cid, row in self.pending.items()])
+            self.pending.clear()
+
+
+_CONVERSATION_INSERT = (
+    "INSERT INTO conversations (id, twilio_number, customer_number, last_at) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT(id) DO NOTHING"
+)
+_CONVERSATION_UPDATE = (
+    "UPDATE conversations SET last_at = max(last_at, ?), "
+    "last_preview = CASE WHEN ? = '' THEN last_preview ELSE ? END, "
+    "last_direction = CASE WHEN ? = '' THEN last_direction ELSE ? END, "
+    "message_count = message_count + ?, unread = CASE WHEN ? THEN 0 ELSE unread END + ?, "
+    "waiting_since = CASE ? WHEN 'clear' THEN NULL WHEN 'set' THEN ? "
+    "WHEN 'coalesce' THEN coalesce(waiting_since, ?) ELSE waiting_since END WHERE id = ?"
+)
+_MESSAGE_INSERT = (
+    "INSERT INTO messages (id, sid, conversation_id, direction, body, media, status, error_code, error_message, "
+    "agent, at, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO NOTHING"
+)
+_SID, _STATUS, _ERROR_CODE, _ERROR_MESSAGE = 1, 6, 7, 8  # in a row of _MESSAGE_INSERT
 
 
 def _apply_one(batch: _Batch, event: protocol.Event) -> None:
     conn = batch.conn
     d = event.data
     kind = event.type
-    if kind == protocol.MESSAGE_RECEIVED:
-        at = str(d.get("received_at") or event.ts)
+    if kind == protocol.MESSAGE_RECEIVED or kind == protocol.MESSAGE_OUTBOUND:
+        inbound = kind == protocol.MESSAGE_RECEIVED
+        at = str(d.get("received_at") or event.ts) if inbound else event.ts
         summary = batch.conversation(d, at)
-        conn.execute(
-            "INSERT INTO messages (id, sid, conversation_id, direction, body, media, status, at, seq) "
-            "VALUES (?, ?, ?, 'inbound', ?, ?, 'received', ?, ?) ON CONFLICT(id) DO NOTHING",
-            (
-                d["message_id"],
-                d.get("message_sid"),
-                d["conversation_id"],
-                d.get("body", ""),
-                json.dumps(d.get("media", [])),
-                at,
-                event.seq,
-            ),
-        )
-        summary.inbound(at, _preview(d.get("body", ""), d.get("media", [])))
-        return
-    if kind == protocol.MESSAGE_OUTBOUND:
-        summary = batch.conversation(d, event.ts)
-        conn.execute(
-            "INSERT INTO messages (id, conversation_id, direction, body, media, status, agent, at, seq) "
-            "VALUES (?, ?, 'outbound', ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO NOTHING",
-            (
-                d["message_id"],
-                d["conversation_id"],
-                d.get("body", ""),
-                json.dumps(d.get("media", [])),
-                d.get("status", "sending"),
-                d.get("agent"),
-                event.ts,
-                event.seq,
-            ),
-        )
-        summary.outbound(event.ts, _preview(d.get("body", ""), d.get("media", [])))
+        body = d.get("body", "")
+        media = d.get("media") or []
+        row = [
+            d["message_id"],
+            d.get("message_sid") if inbound else None,
+            d["conversation_id"],
+            "inbound" if inbound else "outbound",
+            body,
+            json.dumps(media) if media else "[]",
+            "received" if inbound else d.get("status", "sending"),
+            None,
+            None,
+            None if inbound else d.get("agent"),
+            at,
+            event.seq,
+        ]
+        batch.messages.append(row)
+        if inbound:
+            summary.inbound(at, _preview(body, media))
+        else:
+            batch.unsent[row[0]] = row
+            summary.outbound(at, _preview(body, media))
         return
     if kind == protocol.CALL_UPDATED:
         _apply_call(batch, event)
@@ -1019,9 +1044,14 @@ def _apply_one(batch: _Batch, event: protocol.Event) -> None:
     if kind not in (protocol.MESSAGE_SUBMITTED, protocol.MESSAGE_STATUS):
         batch.flush()  # events below read or set the columns the summaries write: keep their order
     if kind == protocol.MESSAGE_SUBMITTED:
-        conn.execute(
-            "UPDATE messages SET sid = ?, status = ? WHERE id = ?", (d["message_sid"], d["status"], d["message_id"])
-        )
+        unsent = batch.unsent.get(d["message_id"])
+        if unsent is not None:
+            unsent[_SID], unsent[_STATUS] = d["message_sid"], d["status"]
+        else:
+            conn.execute(
+                "UPDATE messages SET sid = ?, status = ? WHERE id = ?",
+                (d["message_sid"], d["status"], d["message_id"]),
+            )
     elif kind == protocol.MESSAGE_REJECTED:
         conn.execute(
             "UPDATE messages SET status = 'failed', error_code = ?, error_message = ? WHERE id = ?",
@@ -1030,12 +1060,21 @@ def _apply_one(batch: _Batch, event: protocol.Event) -> None:
         conn.execute("UPDATE conversations SET failed = 1 WHERE id = ?", (d["conversation_id"],))
     elif kind == protocol.MESSAGE_STATUS:
         if d.get("message_id") and d.get("applied"):
-            conn.execute(
-                "UPDATE messages SET status = ?, error_code = coalesce(?, error_code), "
-                "error_message = coalesce(?, error_message) WHERE id = ?",
-                (d["status"], d.get("error_code"), d.get("error_message"), d["message_id"]),
-            )
+            unsent = batch.unsent.get(d["message_id"])
+            if unsent is not None:
+                unsent[_STATUS] = d["status"]
+                if d.get("error_code") is not None:
+                    unsent[_ERROR_CODE] = d["error_code"]
+                if d.get("error_message") is not None:
+                    unsent[_ERROR_MESSAGE] = d["error_message"]
+            else:
+                conn.execute(
+                    "UPDATE messages SET status = ?, error_code = coalesce(?, error_code), "
+                    "error_message = coalesce(?, error_message) WHERE id = ?",
+                    (d["status"], d.get("error_code"), d.get("error_message"), d["message_id"]),
+                )
             if d["status"] in _FAILED and d.get("conversation_id"):
+                batch.flush_rows()
                 conn.execute("UPDATE conversations SET failed = 1 WHERE id = ?", (d["conversation_id"],))
     elif kind == protocol.OPTOUT_CHANGED:
         _ensure_conversation(conn, d, event.ts)
@@ -1169,6 +1208,7 @@ def _apply_call(batch: _Batch, event: protocol.Event) -> None:
     if new:
         at_first = str(d.get("queued_at") or at)
         summary = batch.conversation(d, at_first)
+        batch.flush_rows()  # the call is a row in the thread, after the texts before it, in a conversation that exists
         if d.get("caller_name"):  # Twilio's caller name is the best name we have until an agent knows better
             batch.conn.execute(
                 "UPDATE conversations SET customer_name = ? WHERE id = ? AND customer_name IS NULL",
@@ -1227,6 +1267,7 @@ def _apply_voicemail(batch: _Batch, event: protocol.Event) -> None:
     url = str(d.get("recording_url") or "")
     duration = int(d.get("duration") or 0)
     summary = batch.conversation(d, at)
+    batch.flush_rows()  # a voicemail is a row in the thread too: after the texts before it
     inserted = batch.conn.execute(
         "INSERT INTO voicemails (voicemail_id, call_sid, conversation_id, queue, recording_sid, recording_url, "
         "duration, reason, at, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(voicemail_id) DO NOTHING",

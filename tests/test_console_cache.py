@@ -141,3 +141,39 @@ def test_read_and_unread_are_local(tmp_path: Path) -> None:
     assert cache.unread_total() == 0
     cache.mark_unread(CID)
     assert cache.unread_total() == 1
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_any_batching_of_the_same_events_gives_the_same_cache(tmp_path: Path, seed: int) -> None:
+    """Texts, replies with their SIDs and statuses (folded into the row when they share a batch), failures, notes,
+    calls and voicemails: applied one by one, all at once, or in random chunks, the tables come out the same."""
+    import random
+
+    from tests.console_support import calls_events, demo_events
+
+    texts = demo_events()
+    events = texts + calls_events(texts, waiting=4, mine="on_hold")
+    rng = random.Random(seed)
+
+    def dump(cache: Cache) -> dict[str, list[tuple[object, ...]]]:
+        conn = cache.conn()
+        return {
+            table: [tuple(row) for row in conn.execute(f"SELECT * FROM {table} ORDER BY 1")]
+            for table in ("messages", "conversations", "calls", "call_changes", "voicemails")
+        }
+
+    one_by_one = Cache(tmp_path / "one.db")
+    for event in events:
+        one_by_one.apply([event])
+    at_once = Cache(tmp_path / "all.db")
+    at_once.apply(events)
+    chunked = Cache(tmp_path / "chunks.db")
+    i = 0
+    while i < len(events):
+        step = rng.randint(1, 40)
+        chunked.apply(events[i : i + step])
+        i += step
+    expected = dump(one_by_one)
+    assert expected["messages"] and any(row[8] for row in expected["messages"])  # some with Twilio's error code
+    assert dump(at_once) == expected
+    assert dump(chunked) == expected

@@ -521,9 +521,9 @@ class Probe:
 
         rebuild = ThreadView._rebuild
 
-        def _rebuild(widget: Any, first_row: int = 0) -> None:
+        def _rebuild(widget: Any, first_row: int = 0, **kwargs: Any) -> None:
             # A fresh page is drawn from its last screenful first: that frame is what the agent sees.
-            rebuild(widget, first_row)
+            rebuild(widget, first_row, **kwargs)
             probe.rebuilds += 1
             probe.built_for[id(widget)] = widget.conversation_id
 
