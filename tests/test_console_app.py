@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.text import Text
 from textual.pilot import Pilot
 from textual.strip import Strip
 
 from console.app import SwitchboardApp
-from console.cache import Cache
+from console.cache import Cache, InboxFilter
 from console.config import ConsoleConfig
 from console.screens import main as main_screen
 from console.screens.help import HelpScreen
@@ -167,6 +168,33 @@ async def test_search_jumps_to_the_hit_in_its_thread(cache: Cache) -> None:
         thread = app.query_one(ThreadView)
         assert thread.conversation_id == target.conversation_id
         assert thread.hit_pos == target.pos
+
+
+async def test_a_reload_during_a_filter_change_keeps_the_cursor_going_where_it_was_sent(cache: Cache) -> None:
+    """The search jump sets the filter with the cursor kept on the hit's conversation; a reload that starts before
+    those rows arrive (the header's, say) must not send the cursor, and the thread, to the top instead."""
+    async with running(cache) as (app, pilot):
+        inbox = app.query_one(ConversationList)
+        target = app.cache.conversations(100)[7].id
+        inbox.set_filter(InboxFilter("all", "all"), keep=target)
+        inbox.reload()
+        await settle(pilot)
+        assert inbox.highlighted_id == target
+        assert app.query_one(ThreadView).conversation_id == target
+
+
+async def test_the_key_bar_shows_what_the_keys_do_and_a_click_presses_one(cache: Cache) -> None:
+    from console.widgets.key_bar import KeyBar
+
+    async with running(cache) as (app, pilot):
+        bar = app.query_one(KeyBar)
+        line = bar.render()
+        assert isinstance(line, Text)
+        assert " / Search " in line.plain and line.plain.rstrip().endswith("^p palette")
+        start = next(start for start, _end, key in bar._spans if key == "slash")
+        await pilot.click(KeyBar, offset=(start + 1, 0))
+        await settle(pilot)
+        assert isinstance(app.screen, SearchScreen)
 
 
 async def test_search_treats_syntax_as_words(cache: Cache) -> None:

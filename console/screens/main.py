@@ -20,7 +20,6 @@ from textual.containers import Horizontal, Vertical
 from textual.css.query import NoMatches
 from textual.screen import Screen
 from textual.timer import Timer
-from textual.widgets import Footer
 
 from bridge import protocol
 from console import messages
@@ -36,6 +35,7 @@ from console.widgets.calls_panel import CallKeys, CallsPanel
 from console.widgets.composer import Composer, ReplyArea
 from console.widgets.conversation_header import ConversationHeader
 from console.widgets.conversation_list import ConversationList
+from console.widgets.key_bar import KeyBar
 from console.widgets.status_line import StatusLine
 from console.widgets.thread_view import ThreadView
 
@@ -170,7 +170,7 @@ class MainScreen(CallControls, Screen[None]):
                 yield ThreadView(app.cache, region=app.config.region, tz=app.tz, clock=app.clock, id="thread")
                 yield Composer(id="composer")
         yield StatusLine(id="status")
-        yield Footer()
+        yield KeyBar()
 
     def on_resize(self) -> None:
         with contextlib.suppress(NoMatches):  # a resize before the panel is mounted: it sizes itself when loaded
@@ -283,7 +283,7 @@ class MainScreen(CallControls, Screen[None]):
             if previous is not None and previous.id != row.id:
                 self.console_app.send_signal(previous.id, "idle")
             self._schedule_inbox_reload()
-        # Recomposing the footer costs ~30 ms here: only when what the keys can do has changed.
+        # Only when what the keys can do has changed (a footer refresh also re-checks every binding).
         offered = (row.assignee == self.console_app.agent, row.status)
         if offered != self._offered:
             self._offered = offered
@@ -426,7 +426,7 @@ class MainScreen(CallControls, Screen[None]):
         self.header.me = self.thread.me = self.console_app.agent or ""
         if self.calls.agent != (self.console_app.agent or ""):
             self.calls.reload(self.console_app.agent)  # "my call" is known once the bridge says who we are
-        if changed:  # a footer recompose costs tens of ms: not for every progress update
+        if changed:  # not for every progress update
             self.refresh_bindings()
 
     def on_signal_received(self, message: messages.SignalReceived) -> None:

@@ -142,6 +142,8 @@ class ConversationList(ScrollView, can_focus=True):
         stays on the conversation it is on when the rows arrive, so a key pressed while they load is not undone.
         """
         self._generation += 1
+        if keep is None and self._follow is not None and not self._follow_cursor:
+            keep = self._follow  # a reload still on its way was taking the cursor there: this one replaces it
         self._follow = (keep or None) if keep is not None else self.highlighted_id
         self._follow_cursor = keep is None
         self._fetch(self._generation, max(0, int(self.scroll_offset.y) - WINDOW // 4), self._follow)

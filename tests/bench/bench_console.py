@@ -1193,6 +1193,22 @@ def what_if_no_toasts() -> None:
     patch(App, "notify", lambda app, *args, **kwargs: None)
 
 
+def what_if_no_gc_while_catching_up() -> None:
+    """The cyclic garbage collector off from the link's catch-up mode on until it ends (a catch-up allocates
+    ~10 objects an event, and a full collection walks them all on the UI thread)."""
+    import gc
+
+    from console.client import BridgeLink
+
+    original = BridgeLink._catch_up_mode
+
+    def catch_up_mode(link: Any, on: bool) -> None:
+        (gc.disable if on else gc.enable)()
+        original(link, on)
+
+    patch(BridgeLink, "_catch_up_mode", catch_up_mode)
+
+
 WHAT_IF_QUIET = ["no-toasts", "bindings-when-changed"]
 
 WHAT_IFS: dict[str, Callable[[], None]] = {
@@ -1200,6 +1216,7 @@ WHAT_IFS: dict[str, Callable[[], None]] = {
     "leading-reload": what_if_leading_reload,
     "no-toasts": what_if_no_toasts,
     "inbox-line-cache": what_if_inbox_line_cache,
+    "no-gc-while-catching-up": what_if_no_gc_while_catching_up,
 }
 
 
@@ -1600,7 +1617,7 @@ def catch_up(
             for phase, label, what_if in (
                 ("link_only", "link only", []),
                 ("catch_up", "as is", []),
-                ("catch_up", "what-if: no toasts", ["no-toasts"]),
+                ("catch_up", "what-if: no cyclic GC while catching up", ["no-gc-while-catching-up"]),
                 ("catch_up", "what-if: no toasts + footer refreshed only on change", WHAT_IF_QUIET),
             ):
                 scratch = working_copy(big_path, "work-1m.db")
