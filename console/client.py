@@ -52,20 +52,21 @@ T = TypeVar("T")
 
 APPLY_BATCH: Final = 500
 """Most live events applied in one transaction (one thread hop)."""
-CATCH_UP_BATCH: Final = 25_000
+CATCH_UP_BATCH: Final = 20_000
 """Most events applied in one transaction while catching up: a commit costs a write of every page it dirtied, and
 a missed day lands in random conversations, so bigger batches write each index page once instead of many times
 (and fold more texts into each conversation's one update). 100k events into a 1M-message cache, Cache.apply alone:
-5.2 s in 4000-event batches, 3.5 s in 20,000, 2.5 s in 50,000."""
+5.2 s in 4000-event batches, 3.5 s in 20,000, 2.5 s in 50,000 — but the events of a batch are held in memory: the
+link alone peaked 73 MB above its start with 20,000 (and FRAME_QUEUE 16), 121 MB with 25,000 and 128."""
 CATCH_UP_CACHE_KIB: Final = 32 * 1024
 """SQLite page cache of the link's connection while catching up (the default is 2 MiB): the indexes of a large cache
 are mostly re-read otherwise. Measured on a 1M-message cache: 140k events in 4000-event batches took 24 s with the
 default cache and automatic checkpoints, 18 s with this and no checkpoints until caught up."""
 BATCH_WINDOW: Final = 0.005
 """Seconds to wait for more events before applying a batch that is not full."""
-FRAME_QUEUE: Final = 128
-"""Frames read ahead of the cache (an ``events`` frame of the replay, ~300 texts, counts as one): the next batch
-arrives while one is applied. Beyond this the socket is not read, and TCP slows the bridge down."""
+FRAME_QUEUE: Final = 16
+"""Frames read ahead of the cache (an ``events`` frame of the replay, ~300 texts, counts as one): some of the next
+batch arrives while one is applied. Beyond this the socket is not read, and TCP slows the bridge down."""
 READ_CHUNK: Final = 16 * 1024
 """Bytes read from the socket per loop callback (see _limit_reads)."""
 HEALTHY_AFTER: Final = 1.0
