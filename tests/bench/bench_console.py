@@ -1209,6 +1209,23 @@ def what_if_no_gc_while_catching_up() -> None:
     patch(BridgeLink, "_catch_up_mode", catch_up_mode)
 
 
+def what_if_short_gil_slices_while_catching_up() -> None:
+    """The GIL handed over every 1 ms instead of 5 while catching up (``sys.setswitchinterval``), so the UI thread
+    waits less behind the apply thread's Python work."""
+    import sys
+
+    from console.client import BridgeLink
+
+    original = BridgeLink._catch_up_mode
+    default = sys.getswitchinterval()
+
+    def catch_up_mode(link: Any, on: bool) -> None:
+        sys.setswitchinterval(0.001 if on else default)
+        original(link, on)
+
+    patch(BridgeLink, "_catch_up_mode", catch_up_mode)
+
+
 WHAT_IF_QUIET = ["no-toasts", "bindings-when-changed"]
 
 WHAT_IFS: dict[str, Callable[[], None]] = {
@@ -1217,6 +1234,7 @@ WHAT_IFS: dict[str, Callable[[], None]] = {
     "no-toasts": what_if_no_toasts,
     "inbox-line-cache": what_if_inbox_line_cache,
     "no-gc-while-catching-up": what_if_no_gc_while_catching_up,
+    "short-gil-slices": what_if_short_gil_slices_while_catching_up,
 }
 
 
@@ -1618,7 +1636,7 @@ def catch_up(
                 ("link_only", "link only", []),
                 ("catch_up", "as is", []),
                 ("catch_up", "what-if: no cyclic GC while catching up", ["no-gc-while-catching-up"]),
-                ("catch_up", "what-if: no toasts + footer refreshed only on change", WHAT_IF_QUIET),
+                ("catch_up", "what-if: the GIL handed over every 1 ms while catching up", ["short-gil-slices"]),
             ):
                 scratch = working_copy(big_path, "work-1m.db")
                 try:
