@@ -190,11 +190,22 @@ async def test_the_key_bar_shows_what_the_keys_do_and_a_click_presses_one(cache:
         bar = app.query_one(KeyBar)
         line = bar.render()
         assert isinstance(line, Text)
-        assert " / Search " in line.plain and line.plain.rstrip().endswith("^p palette")
+        assert " / Search " in line.plain and line.plain.rstrip().endswith("? Help ▏^p palette")
+        assert line.plain.count("Help") == 1  # ? and f1 both open it: shown once
         start = next(start for start, _end, key in bar._spans if key == "slash")
         await pilot.click(KeyBar, offset=(start + 1, 0))
         await settle(pilot)
         assert isinstance(app.screen, SearchScreen)
+        await pilot.press("escape")
+        await pilot.resize_terminal(60, 24)  # too narrow for every key: help and the palette stay
+        await settle(pilot)
+        line = bar.render()
+        assert isinstance(line, Text) and line.cell_len == 60
+        assert " ? Help ▏^p palette" in line.plain and " / Search " in line.plain
+        start = next(start for start, _end, key in bar._spans if key.startswith("question_mark"))
+        await pilot.click(KeyBar, offset=(start + 1, 0))
+        await settle(pilot)
+        assert isinstance(app.screen, HelpScreen)
 
 
 async def test_search_treats_syntax_as_words(cache: Cache) -> None:

@@ -14,9 +14,12 @@ from textual.app import RenderResult
 from textual.screen import Screen
 from textual.widget import Widget
 
+HELP = "help"
+"""The action that lists every key: always shown, at the right."""
+
 
 class KeyBar(Widget):
-    """One line: `` h Hold  M Mute  / Search …   ▏^p palette``."""
+    """One line: `` h Hold  M Mute  / Search …   ? Help ▏^p palette``."""
 
     DEFAULT_CSS = """
     KeyBar {
@@ -58,17 +61,26 @@ class KeyBar(Widget):
         if self.app.ENABLE_COMMAND_PALETTE:
             found = active.get(self.app.COMMAND_PALETTE_BINDING)
             palette = found.binding if found is not None else None
+        # Help and the palette stay on the right whatever else fits: they are how every other key is found.
+        help_binding = next((b.binding for b in active.values() if b.binding.action == HELP and b.binding.show), None)
         right = Text(no_wrap=True, end="")
+        right_keys: list[tuple[int, int, str]] = []
+        if help_binding is not None:
+            right.append(f" {self.app.get_key_display(help_binding)} ", key_style)
+            right.append(f"{help_binding.description} ", words)
+            right_keys.append((0, right.cell_len, help_binding.key))
         if palette is not None:
             right.append("▏", self.get_component_rich_style("key-bar--rule"))
+            start = right.cell_len
             right.append(self.app.get_key_display(palette), key_style)
             right.append(f" {palette.description} ", words)
+            right_keys.append((start, right.cell_len, palette.key))
         line = Text(no_wrap=True, end="")
         spans: list[tuple[int, int, str]] = []
         seen: set[str] = set()
         room = width - right.cell_len
         for _node, binding, enabled, _tooltip in active.values():
-            if not binding.show or binding.action in seen or binding is palette:
+            if not binding.show or binding.action in seen or binding is palette or binding.action == HELP:
                 continue
             seen.add(binding.action)  # one key per action, as the footer shows them
             item = Text(no_wrap=True, end="")
@@ -81,9 +93,8 @@ class KeyBar(Widget):
             spans.append((line.cell_len, line.cell_len + item.cell_len, binding.key))
             line.append_text(item)
         line.pad_right(max(0, room - line.cell_len))
-        if palette is not None:
-            spans.append((line.cell_len, line.cell_len + right.cell_len, palette.key))
-            line.append_text(right)
+        spans += [(line.cell_len + start, line.cell_len + end, key) for start, end, key in right_keys]
+        line.append_text(right)
         self._spans = spans
         return line
 
