@@ -22,6 +22,7 @@ from console.screens.help import HelpScreen
 from console.screens.search import SearchScreen
 from console.widgets.composer import Composer, counter_text
 from console.widgets.conversation_list import ConversationList
+from console.widgets.status_line import StatusLine
 from console.widgets.thread_view import ThreadView
 from tests.console_support import NOW, EventLog, FakeLink, customer, demo_events, fill, frozen_clock
 
@@ -93,14 +94,19 @@ async def test_a_long_thread_opens_at_its_newest_and_is_then_drawn_whole(tmp_pat
         drawn_from: list[int] = []
         rebuild = thread._rebuild
 
+        drawn_lines: list[int] = []
+
         def spy(first_row: int = 0, **kw: bool) -> None:
             drawn_from.append(first_row)
             rebuild(first_row, **kw)
+            drawn_lines.append(len(thread._lines))
 
         thread._rebuild = spy  # type: ignore[method-assign]
         app.main.open_conversation(log.events[0].data["conversation_id"])
         await settle(pilot)
         assert drawn_from[0] > 100 and drawn_from[-1] == 0  # the last screenful first, then everything
+        height = thread.scrollable_content_region.height
+        assert height <= drawn_lines[0] <= 2 * height  # and that first frame fills the view, with little more
         shown = text_of(thread._lines)
         assert thread._first_row == 0 and re.search(r"text number 0\b", shown) and "text number 119" in shown
         assert thread.is_vertical_scroll_end
@@ -206,6 +212,28 @@ async def test_the_key_bar_shows_what_the_keys_do_and_a_click_presses_one(cache:
         await pilot.click(KeyBar, offset=(start + 1, 0))
         await settle(pilot)
         assert isinstance(app.screen, HelpScreen)
+
+
+async def test_opening_a_conversation_clears_its_unread_count_without_reloading_the_inbox(cache: Cache) -> None:
+    async with running(cache) as (app, pilot):
+        inbox = app.query_one(ConversationList)
+        index, row = next((i, r) for i, r in sorted(inbox._rows.items()) if r.unread and i > 0)
+        total = app.cache.unread_total()
+        reloads: list[str | None] = []
+        reload = inbox.reload
+
+        def counted(keep: str | None = None) -> None:
+            reloads.append(keep)
+            reload(keep)
+
+        inbox.reload = counted  # type: ignore[method-assign]
+        inbox.cursor = index
+        await settle(pilot)
+        assert app.query_one(ThreadView).conversation_id == row.id
+        assert inbox._rows[index].id == row.id and inbox._rows[index].unread == 0
+        assert app.cache.conversation(row.id).unread == 0  # type: ignore[union-attr]
+        assert reloads == []
+        assert app.query_one(StatusLine).unread == total - row.unread
 
 
 async def test_search_treats_syntax_as_words(cache: Cache) -> None:

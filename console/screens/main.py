@@ -282,7 +282,9 @@ class MainScreen(CallControls, Screen[None]):
             self.console_app.send_signal(row.id, "viewing")
             if previous is not None and previous.id != row.id:
                 self.console_app.send_signal(previous.id, "idle")
-            self._schedule_inbox_reload()
+            if opened:  # marked read: the row's count and the total, not a reload of the inbox
+                self.inbox.mark_read(row.id)
+                self._refresh_status()
         # Only when what the keys can do has changed (a footer refresh also re-checks every binding).
         offered = (row.assignee == self.console_app.agent, row.status)
         if offered != self._offered:
