@@ -2,8 +2,9 @@
 
 Textual's ``Footer`` is a widget per key, recomposed whenever the bindings change: 30–110 ms here, on every
 thread switch that changes what can be done (claim, resolve, reopen) and every focus change. This draws the same
-line — each key and what it does, unavailable ones dimmed, the command palette's key on the right — in one
-render of well under a millisecond. A click on a key presses it, as the footer's does.
+line — each key and what it does, unavailable ones dimmed, help and the command palette's keys on the right — in
+one render of about a millisecond (1.1 ms at 120 columns with the call keys, most of it Textual gathering the active
+bindings). A click on a key presses it, as the footer's does.
 """
 
 from __future__ import annotations
