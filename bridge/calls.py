@@ -140,6 +140,25 @@ def intents_of(tx: Tx) -> list[Intent]:
     return list(found)
 
 
+def back_with_caller(tx: Tx, call_sid: str, leg: str, change: str, **fields: Any) -> sqlite3.Row:
+    """A warm transfer ended without the target taking over: the agent's leg ends the conference again, the caller
+    is off hold, and the call is connected to the agent on ``leg`` (``fields``: the transfer, the reason, …)."""
+    add_intent(
+        tx,
+        call_sid,
+        [
+            {"op": "participant", "who": leg, "set": {"EndConferenceOnExit": "true"}},
+            {"op": "participant", "who": "customer", "set": {"Hold": "false"}},
+        ],
+    )
+    return update_call(tx, call_sid, change, state="connected", on_hold=0, target_leg=None, **fields)
+
+
+def forget_intents(tx: Tx) -> None:
+    """The intents this operation recorded were rolled back with it: nothing to run."""
+    tx.__dict__.pop("voice_intents", None)
+
+
 # -- presence -------------------------------------------------------------------------------------------------
 
 
@@ -444,41 +463,21 @@ def leg_ended(tx: Tx, leg: sqlite3.Row, row: sqlite3.Row, status: str) -> None:
                 transfer=failed,
             )
             return
-        add_intent(
+        back_with_caller(
             tx,
             call_sid,
-            [
-                {"op": "participant", "who": row["agent_leg"], "set": {"EndConferenceOnExit": "true"}},
-                {"op": "participant", "who": "customer", "set": {"Hold": "false"}},
-            ],
-        )
-        update_call(
-            tx,
-            call_sid,
+            row["agent_leg"],
             "transfer_failed",
-            state="connected",
-            on_hold=0,
-            target_leg=None,
             transfer=failed,
             reason=f"{target} {said}; you are back with the caller.",
         )
         return
     # The target hung up while consulting: the agent is back with the caller.
-    add_intent(
+    back_with_caller(
         tx,
         call_sid,
-        [
-            {"op": "participant", "who": row["agent_leg"], "set": {"EndConferenceOnExit": "true"}},
-            {"op": "participant", "who": "customer", "set": {"Hold": "false"}},
-        ],
-    )
-    update_call(
-        tx,
-        call_sid,
+        row["agent_leg"],
         "transfer_cancelled",
-        state="connected",
-        on_hold=0,
-        target_leg=None,
         transfer={**transfer, "state": "cancelled"},
         reason=f"{target} hung up; you are back with the caller.",
     )

@@ -363,18 +363,7 @@ class ConversationCommands:
             known = _recorded(tx, agent, cmd.id)
             if known is not None:
                 return known
-            failure = refusal
-            data: dict[str, Any] = {}
-            if action is not None:
-                logged = len(tx.events)
-                tx.execute("SAVEPOINT conversation_command")
-                try:
-                    data = action(tx)
-                except Refusal as exc:  # undo anything the action did before it refused
-                    tx.execute("ROLLBACK TO conversation_command")
-                    del tx.events[logged:]
-                    failure = exc
-                tx.execute("RELEASE conversation_command")
+            data, failure = attempt(tx, action) if action is not None else ({}, refusal)
             if failure is not None:
                 result = protocol.Result.failure(cmd.id, failure.code, str(failure))
             else:
@@ -383,6 +372,25 @@ class ConversationCommands:
             return result
 
         return await self.store.write(op)
+
+
+def attempt(tx: Tx, action: Action, undo: Callable[[Tx], None] | None = None) -> tuple[dict[str, Any], Refusal | None]:
+    """Run a command's action in a savepoint: if it refuses, whatever it wrote and logged is undone (and ``undo``
+    forgets what else it kept on the operation) and the refusal is returned, not raised."""
+    logged = len(tx.events)
+    tx.execute("SAVEPOINT command")
+    data: dict[str, Any] = {}
+    failure: Refusal | None = None
+    try:
+        data = action(tx)
+    except Refusal as exc:
+        tx.execute("ROLLBACK TO command")
+        del tx.events[logged:]
+        if undo is not None:
+            undo(tx)
+        failure = exc
+    tx.execute("RELEASE command")
+    return data, failure
 
 
 # -- the snooze waker --------------------------------------------------------------------------------------------

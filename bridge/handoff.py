@@ -26,9 +26,11 @@ from bridge.calls import (
     add_intent,
     add_leg,
     back_to_queue,
+    back_with_caller,
     call_row,
     complete_transfer,
     end_call,
+    forget_intents,
     hang_up_leg,
     intents_of,
     leg_answered,
@@ -42,7 +44,16 @@ from bridge.calls import (
     transfer_of,
     update_call,
 )
-from bridge.conversations import Refusal, _check_keys, _record, _recorded, format_ts, parse_note_body, parse_ts
+from bridge.conversations import (
+    Refusal,
+    _check_keys,
+    _record,
+    _recorded,
+    attempt,
+    format_ts,
+    parse_note_body,
+    parse_ts,
+)
 from bridge.phones import InvalidNumber, parse_e164
 from bridge.queues import QueueConfig
 from bridge.settings import Settings
@@ -98,10 +109,15 @@ def parse_endpoint(text: str, region: str) -> str:
     return parse_e164(text, region)
 
 
-def _mine(tx: Tx, call_sid: str, agent: str) -> sqlite3.Row:
+def _known(tx: Tx, call_sid: str) -> sqlite3.Row:
     row = call_row(tx.conn, call_sid)
     if row is None:
         raise Refusal("unknown_call", "That call does not exist on this bridge.")
+    return row
+
+
+def _mine(tx: Tx, call_sid: str, agent: str) -> sqlite3.Row:
+    row = _known(tx, call_sid)
     if row["agent"] != agent:
         who = row["agent"] or "nobody"
         raise Refusal("not_your_call", f"This call is not yours (it is with {who}).")
@@ -178,19 +194,7 @@ class Handoff:
             known = _recorded(tx, agent, cmd.id)
             if known is not None:
                 return known, []
-            failure = refusal
-            data: dict[str, Any] = {}
-            if action is not None:
-                logged = len(tx.events)
-                tx.execute("SAVEPOINT voice_command")
-                try:
-                    data = action(tx)
-                except Refusal as exc:  # undo anything the action did before it refused
-                    tx.execute("ROLLBACK TO voice_command")
-                    del tx.events[logged:]
-                    tx.__dict__.pop("voice_intents", None)
-                    failure = exc
-                tx.execute("RELEASE voice_command")
+            data, failure = attempt(tx, action, forget_intents) if action is not None else ({}, refusal)
             if failure is not None:
                 extra = failure.data if isinstance(failure, CallRefusal) else {}
                 result = protocol.Result.failure(cmd.id, failure.code, str(failure), extra)
@@ -220,9 +224,7 @@ class Handoff:
             if oldest is None:
                 raise Refusal("no_calls_waiting", "No calls are waiting.")
             wanted = str(oldest[0])
-        row = call_row(tx.conn, wanted)
-        if row is None:
-            raise Refusal("unknown_call", "That call does not exist on this bridge.")
+        row = _known(tx, wanted)
         result = {"call_sid": wanted, "conversation_id": row["conversation_id"], "state": "ringing_agent"}
         if row["agent"] == agent and row["state"] == "ringing_agent":
             return result  # accepted already (another command id): nothing more to do
@@ -440,22 +442,8 @@ class Handoff:
                 hang_up_leg(tx, call_sid, row["target_leg"])
                 if target is not None:
                     release_agent(tx, target["agent"], call_sid)
-                add_intent(
-                    tx,
-                    call_sid,
-                    [
-                        {"op": "participant", "who": row["agent_leg"], "set": {"EndConferenceOnExit": "true"}},
-                        {"op": "participant", "who": "customer", "set": {"Hold": "false"}},
-                    ],
-                )
-                update_call(
-                    tx,
-                    call_sid,
-                    "transfer_cancelled",
-                    state="connected",
-                    on_hold=0,
-                    target_leg=None,
-                    transfer={**transfer, "state": "cancelled"},
+                back_with_caller(
+                    tx, call_sid, row["agent_leg"], "transfer_cancelled", transfer={**transfer, "state": "cancelled"}
                 )
                 return {"call_sid": call_sid}
 
@@ -469,9 +457,7 @@ class Handoff:
             call_sid = _call_sid_arg(cmd.args)
 
             def action(tx: Tx) -> dict[str, Any]:
-                row = call_row(tx.conn, call_sid)
-                if row is None:
-                    raise Refusal("unknown_call", "That call does not exist on this bridge.")
+                row = _known(tx, call_sid)
                 if row["state"] in ("ended", "voicemail"):
                     raise Refusal("call_ended", "That call is already over.")
                 if row["agent"] != agent:
@@ -504,9 +490,7 @@ class Handoff:
             note = parse_note_body({"body": cmd.args["note"]})
 
             def action(tx: Tx) -> dict[str, Any]:
-                row = call_row(tx.conn, call_sid)
-                if row is None:
-                    raise Refusal("unknown_call", "That call does not exist on this bridge.")
+                row = _known(tx, call_sid)
                 if presence_of(tx.conn, agent).wrap_up_call != call_sid:
                     raise Refusal("not_in_wrap_up", "You are not wrapping up this call: nothing to close.")
                 note_id = record_disposition(tx, row["conversation_id"], call_sid, note, agent, cmd.id)
@@ -523,9 +507,7 @@ class Handoff:
             call_sid = _call_sid_arg(cmd.args)
 
             def action(tx: Tx) -> dict[str, Any]:
-                row = call_row(tx.conn, call_sid)
-                if row is None:
-                    raise Refusal("unknown_call", "That call does not exist on this bridge.")
+                row = _known(tx, call_sid)
                 if row["offered_to"] != agent:
                     raise Refusal("not_offered", "That call is not being offered to you.")
                 self._decline(tx, row, f"{agent} declined the call.")
@@ -656,23 +638,13 @@ class Handoff:
             release_agent(tx, target["agent"], call_sid)
         tx.execute("UPDATE call_legs SET status = 'answered' WHERE leg_id = ?", (agent_leg,))  # a cold one ended it
         set_presence(tx, agent, "busy", "on_call", call_sid=call_sid)
-        add_intent(
+        back_with_caller(
             tx,
             call_sid,
-            [
-                {"op": "participant", "who": agent_leg, "set": {"EndConferenceOnExit": "true"}},
-                {"op": "participant", "who": "customer", "set": {"Hold": "false"}},
-            ],
-        )
-        update_call(
-            tx,
-            call_sid,
+            agent_leg,
             "transfer_failed",
-            state="connected",
             agent=agent,
             agent_leg=agent_leg,
-            target_leg=None,
-            on_hold=0,
             muted=row["muted"] if transfer["mode"] == "warm" else int(undo["muted"]),
             transfer={**transfer, "state": "failed"},
             reason=f"Twilio refused to start the transfer to {transfer['target']}; you are still with the caller.",

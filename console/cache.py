@@ -788,11 +788,7 @@ def _index_new_messages(conn: sqlite3.Connection) -> None:
 
 
 def _ensure_conversation(conn: sqlite3.Connection, d: dict[str, Any], at: str) -> None:
-    conn.execute(
-        "INSERT INTO conversations (id, twilio_number, customer_number, last_at) VALUES (?, ?, ?, ?) "
-        "ON CONFLICT(id) DO NOTHING",
-        (d["conversation_id"], d["twilio_number"], d["customer_number"], at),
-    )
+    conn.execute(_CONVERSATION_INSERT, (d["conversation_id"], d["twilio_number"], d["customer_number"], at))
 
 
 def _preview(body: str, media: Iterable[Any]) -> str:

@@ -338,7 +338,7 @@ class ThreadView(ScrollView, can_focus=True):
         """The first row to draw so that the newest rows surely fill the view: counted by the fewest lines each row
         can take (a header, the body at the full width in code points, a line per attachment, a blank; a call or
         voicemail two).
-        Wrapping costs ~0.5 ms a row here, so a switch's first frame draws ~10 rows instead of a page."""
+        Wrapping costs ~0.5 ms a row here, so a switch's first frame draws ~10 rows (it drew ~20 before)."""
         region = self.scrollable_content_region
         width, need = max(10, region.width - 5), region.height + 1
         lines = 0
