@@ -246,6 +246,7 @@ _UPSERT_CONVERSATION = (
     "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET last_message_at = excluded.last_message_at, "
     "last_preview = excluded.last_preview RETURNING status"
 )
+_INBOUND_SEEN = "SELECT 1 FROM messages WHERE id = ?"
 _INSERT_INBOUND = (
     "INSERT INTO messages (id, sid, conversation_id, direction, body, media, status, created_at, updated_at) "
     "VALUES (?, ?, ?, 'inbound', ?, ?, 'received', ?, ?)"
@@ -254,8 +255,10 @@ _INSERT_INBOUND = (
 
 def record_inbound(tx: Tx, msg: InboundMessage, idempotency_token: str | None) -> list[StoredEvent] | None:
     """Store an inbound text; None if this MessageSid (or idempotency token) was already recorded."""
-    keys = [f"sms:{msg.sid}", f"token:{idempotency_token}"] if idempotency_token else [f"sms:{msg.sid}"]
-    if not tx.claim_keys(keys):
+    # A MessageSid seen before is in messages already (an inbound text's id is its SID): a lookup, not a key.
+    if tx.one(_INBOUND_SEEN, (msg.sid,)) is not None:
+        return None
+    if idempotency_token and not tx.claim_keys([f"token:{idempotency_token}"]):
         return None
     now = tx.now
     cid = _conversation_id(msg.to_number, msg.from_number)
@@ -307,7 +310,7 @@ def record_status(tx: Tx, cb: StatusCallback, idempotency_token: str | None) -> 
         keys.append(f"token:{idempotency_token}")
     if not tx.claim_keys(keys):
         return None
-    row = tx.one("SELECT id, conversation_id, status, direction FROM messages WHERE sid = ?", (cb.sid,))
+    row = tx.one("SELECT id, conversation_id, status FROM messages WHERE sid = ? AND direction = 'outbound'", (cb.sid,))
     data: dict[str, Any] = {
         "message_sid": cb.sid,
         "reported": cb.status,

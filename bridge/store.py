@@ -396,6 +396,26 @@ def m005_caller_joined(db: sqlite_utils.Database) -> None:
         db.execute("ALTER TABLE calls ADD COLUMN caller_joined INTEGER NOT NULL DEFAULT 0")
 
 
+@migrations()
+def m006_message_sids(db: sqlite_utils.Database) -> None:
+    """Only outbound messages are looked up by SID (their status callbacks), and an inbound message's id is its
+    SID already: the SID index keeps outbound rows only, so an inbound text writes one index fewer. The inline
+    UNIQUE on ``sid`` can't be dropped in place, so the table is rebuilt (nothing references it)."""
+    sql = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'messages'").fetchone()[0]
+    if "sid TEXT UNIQUE" not in sql:
+        return
+    db.execute(
+        sql.replace("CREATE TABLE messages", "CREATE TABLE messages_rebuilt", 1).replace(
+            "sid TEXT UNIQUE", "sid TEXT", 1
+        )
+    )
+    db.execute("INSERT INTO messages_rebuilt SELECT * FROM messages")
+    db.execute("DROP TABLE messages")
+    db.execute("ALTER TABLE messages_rebuilt RENAME TO messages")
+    db.execute("CREATE INDEX messages_by_conversation ON messages (conversation_id, created_at)")
+    db.execute("CREATE UNIQUE INDEX messages_by_sid ON messages (sid) WHERE direction = 'outbound'")
+
+
 def _connect(path: Path | str) -> sqlite3.Connection:
     conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30.0)
     conn.row_factory = sqlite3.Row

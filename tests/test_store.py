@@ -8,12 +8,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import sqlite_utils
 
 from bridge import protocol
 from bridge.messaging import (
     Conversation,
+    InboundMessage,
     OutboundDraft,
     StatusCallback,
+    record_inbound,
     record_outbound,
     record_status,
     record_submitted,
@@ -29,7 +32,7 @@ from bridge.store import (
     revoke_agent,
 )
 from bridge.types import E164, conversation_id
-from tests.support import CUSTOMER, OUR_NUMBER, message_sid, status_params
+from tests.support import CUSTOMER, OUR_NUMBER, inbound_params, message_sid, status_params
 
 
 @pytest.fixture
@@ -144,3 +147,45 @@ def test_pragmas_make_commits_durable(tmp_path: Path) -> None:
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     db.close()
+
+
+def test_the_sid_index_migration_keeps_every_message_and_its_dedupe(tmp_path: Path) -> None:
+    """m006 rebuilds messages without the inline UNIQUE on sid: rows survive, an inbound SID already stored is
+    still refused (by its id now), and an outbound message is still found by its SID."""
+    path = tmp_path / "bridge.db"
+    db = open_database_before(path, "m006_message_sids")
+    assert "sid TEXT UNIQUE" in db.execute("SELECT sql FROM sqlite_master WHERE name = 'messages'").fetchone()[0]
+    conv = Conversation(conversation_id(OUR_NUMBER, CUSTOMER), E164(OUR_NUMBER), E164(CUSTOMER))
+    inbound = InboundMessage.from_params(inbound_params(body="where is my order?"))
+    out_sid = message_sid()
+    with db.conn:
+        tx = Tx(db.conn)
+        assert record_inbound(tx, inbound, None)
+        message_id, _ = record_outbound(tx, OutboundDraft("ana", "c-1", conv, "On its way", (), "GSM-7", 1), {})
+        record_submitted(tx, "ana", "c-1", message_id, out_sid, "queued", protocol.Result("c-1", True, {}))
+    before = db.execute("SELECT * FROM messages ORDER BY rowid").fetchall()
+    db.close()
+
+    db = open_database(path)
+    schema = [row[0] for row in db.execute("SELECT sql FROM sqlite_master WHERE tbl_name = 'messages'")]
+    assert not any("UNIQUE" in (sql or "") and "sid" in (sql or "") and "outbound" not in sql for sql in schema)
+    assert "CREATE UNIQUE INDEX messages_by_sid ON messages (sid) WHERE direction = 'outbound'" in schema
+    assert db.execute("SELECT * FROM messages ORDER BY rowid").fetchall() == before
+    with db.conn:
+        tx = Tx(db.conn)
+        assert record_inbound(tx, inbound, None) is None  # the same MessageSid again: nothing new
+        assert record_status(tx, StatusCallback.from_params(status_params(out_sid, "delivered")), None)
+        assert record_status(tx, StatusCallback.from_params(status_params(inbound.sid, "delivered")), None)
+    statuses = dict(db.execute("SELECT direction, status FROM messages").fetchall())
+    assert statuses == {"inbound": "received", "outbound": "delivered"}  # a status for an inbound SID moves nothing
+    assert [tuple(row) for row in db.execute("SELECT sid FROM early_statuses")] == [(inbound.sid,)]
+    db.close()
+
+
+def open_database_before(path: Path, migration: str) -> sqlite_utils.Database:
+    """A bridge database as a release before ``migration`` left it."""
+    from bridge.store import _connect, migrations
+
+    db = sqlite_utils.Database(_connect(path))
+    migrations.apply(db, stop_before=migration)
+    return db
