@@ -6,9 +6,10 @@ Bridge → console
     ``{"seq": 42, "type": "message.received", "ts": "2026-11-24T05:00:00.123Z", "data": {...}}``
         An event from the log. ``seq`` is gap-free and strictly increasing; ``type`` is one of ``EVENT_TYPES``.
     ``{"type": "events", "events": [{"seq": 42, ...}, {"seq": 43, ...}]}``
-        Only to a console that connected with ``batch=1``, and only while replaying: consecutive events (each an
-        event frame as above) in one message of at most ``REPLAY_BATCH_BYTES``. A 100k-event catch-up is ~150
-        messages instead of 100,000. An event too large to share a message comes as a frame of its own.
+        Only to a console that connected with ``batch=1``: consecutive events (each an event frame as above) in
+        one message of at most ``REPLAY_BATCH_BYTES``. A 100k-event catch-up is ~150 messages instead of 100,000;
+        live, the events committed together (a busy moment's texts) go together. An event too large to share a
+        message comes as a frame of its own.
     ``{"type": "caught_up", "cursor": 42, "agent": "ana"}``
         Sent once, after every event with ``seq > after`` has been replayed; live events follow. ``agent`` is the
         name the token belongs to, so a console knows which conversations are its own.

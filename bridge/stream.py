@@ -24,6 +24,8 @@ from bridge.store import agent_for_token
 log = logging.getLogger("switchboard.bridge.stream")
 
 REPLAY_PAGE = 1000
+LIVE_BATCH = 256
+"""At most this many queued live items are taken at once (a console asking for ``batch=1`` gets them together)."""
 CLOSE_TIMEOUT = 5.0
 _CURSOR = re.compile(r"[0-9]{1,18}")  # ASCII digits: str.isdigit() also admits "²"
 
@@ -101,17 +103,36 @@ async def _send_loop(bridge: Bridge, websocket: WebSocket, sub: Subscriber, afte
     bridge.hub.attach(sub)
     cursor = await _replay(bridge, websocket, cursor, batched=batched)
     await websocket.send_text(protocol.encode(protocol.caught_up(cursor, sub.agent)))
+    queue = sub.queue
     while True:
-        seq, frame = await sub.queue.get()
-        if seq is None:
-            await websocket.send_text(frame)
-            continue
-        if seq <= cursor:
-            continue
-        if seq > cursor + 1:  # never expected; fill from the log rather than leave a hole
-            cursor = await _replay(bridge, websocket, cursor, until=seq - 1)
-        await websocket.send_text(frame)
-        cursor = seq
+        items = [await queue.get()]
+        if batched:  # what queued up meanwhile (a commit's events, usually) goes in one events frame
+            while not queue.empty() and len(items) < LIVE_BATCH:
+                items.append(queue.get_nowait())
+        due: list[str] = []
+        for seq, frame in items:
+            if seq is None:
+                await _send_events(websocket, due)
+                await websocket.send_text(frame)
+                continue
+            if seq <= cursor:
+                continue
+            if seq > cursor + 1:  # never expected; fill from the log rather than leave a hole
+                await _send_events(websocket, due)
+                cursor = await _replay(bridge, websocket, cursor, until=seq - 1, batched=batched)
+            due.append(frame)
+            cursor = seq
+        await _send_events(websocket, due)
+
+
+async def _send_events(websocket: WebSocket, frames: list[str]) -> None:
+    """Send (and clear) event frames: one alone as itself, more in ``events`` frames."""
+    if len(frames) == 1:
+        await websocket.send_text(frames[0])
+    elif frames:
+        for text in _batches(frames):
+            await websocket.send_text(text)
+    frames.clear()
 
 
 async def _replay(

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-from typing import Any
+from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 from starlette.testclient import TestClient, WebSocketDenialResponse
-from starlette.websockets import WebSocketDisconnect
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from bridge import protocol
 from bridge.app import create_app
+from bridge.hub import Hub, Subscriber
 from bridge.settings import Settings
-from bridge.store import add_agent, open_database, revoke_agent
+from bridge.state import Bridge
+from bridge.store import SqliteStore, Tx, add_agent, open_database, revoke_agent
+from bridge.stream import _send_loop
 from tests.conftest import BASE
 from tests.support import inbound_params, signed
 
@@ -286,3 +293,66 @@ def test_batch_must_be_0_or_1(client: TestClient, agent_token: str) -> None:
 def test_a_bad_events_frame_is_a_protocol_error(frame: dict[str, Any]) -> None:
     with pytest.raises(protocol.ProtocolError):
         protocol.parse_server_frame(json.dumps(frame))
+
+
+class _Socket:
+    """What the send loop needs of a WebSocket: it keeps the texts sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+        self.caught_up = asyncio.Event()
+
+    async def send_text(self, text: str) -> None:
+        self.sent.append(text)
+        if '"caught_up"' in text:
+            self.caught_up.set()
+
+
+async def test_live_events_queued_together_go_in_one_events_frame_with_batch(tmp_path: Path) -> None:
+    """Live, a batch=1 console gets the events of one commit in one frame, in order with ephemeral frames; a
+    console without batch=1 gets them one frame each."""
+    store = SqliteStore(tmp_path / "bridge.db")
+    await store.start()
+    hub = Hub()
+    store.subscribe_commits(hub.publish)
+    bridge = cast(Bridge, SimpleNamespace(store=store, hub=hub))
+
+    def append(n: int) -> Callable[[Tx], None]:
+        def op(tx: Tx) -> None:
+            for i in range(n):
+                tx.append(protocol.MESSAGE_RECEIVED, {"body": f"text {i}"})
+
+        return op
+
+    await store.write(append(3))
+    sockets = {batched: _Socket() for batched in (True, False)}
+    senders = []
+    for batched, socket in sockets.items():
+        sub = hub.connect("ana")
+        senders.append(asyncio.create_task(_send_loop(bridge, cast(WebSocket, socket), sub, 0, batched)))
+        await asyncio.wait_for(socket.caught_up.wait(), 5)
+    await store.write(append(4))  # one commit: all four are queued before either sender runs
+    hub.relay('{"type":"signal"}', sender=Subscriber("bob", asyncio.Queue()))
+    await store.write(append(1))
+    for _ in range(100):
+        if all(json.loads(s.sent[-1]).get("seq") == 8 for s in sockets.values() if s.sent):
+            break
+        await asyncio.sleep(0.01)
+    for task in senders:
+        task.cancel()
+    await store.close()
+
+    def shape(socket: _Socket) -> list[Any]:
+        out: list[Any] = []
+        for text in socket.sent:
+            parsed = protocol.parse_server_frame(text)
+            if isinstance(parsed, list):
+                out.append([event.seq for event in parsed])
+            elif isinstance(parsed, protocol.Event):
+                out.append(parsed.seq)
+            else:
+                out.append(json.loads(text)["type"])
+        return out
+
+    assert shape(sockets[True]) == [[1, 2, 3], "caught_up", [4, 5, 6, 7], "signal", 8]
+    assert shape(sockets[False]) == [1, 2, 3, "caught_up", 4, 5, 6, 7, "signal", 8]

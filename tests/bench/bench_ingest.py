@@ -101,17 +101,21 @@ async def drain(url: str, token: str, max_seconds: float) -> dict[str, Any]:
             nonlocal events, last_seq, gaps
             async for raw in ws:
                 frame = json.loads(raw)
-                seq = frame.get("seq")
-                if isinstance(seq, int):
+                if frame.get("type") == "caught_up":
+                    print("ready", flush=True)
+                    continue
+                received = time.time()
+                for event in frame["events"] if frame.get("type") == "events" else [frame]:
+                    seq = event.get("seq")
+                    if not isinstance(seq, int):
+                        continue
                     if seq != last_seq + 1:
                         gaps += 1
                     last_seq = seq
                     events += 1
                     # ts is the writer's clock when the event was made (before commit), in milliseconds.
-                    made = datetime.fromisoformat(frame["ts"]).timestamp()
-                    lag.append(max(0.0, time.time() - made))
-                elif frame.get("type") == "caught_up":
-                    print("ready", flush=True)
+                    made = datetime.fromisoformat(event["ts"]).timestamp()
+                    lag.append(max(0.0, received - made))
 
         reading = asyncio.create_task(reader())
         stopping = asyncio.create_task(stop.wait())
@@ -386,7 +390,7 @@ def main_run(args: argparse.Namespace) -> int:
                 "tests.bench.bench_ingest",
                 "drain",
                 "--url",
-                f"ws://127.0.0.1:{ports['bridge']}/v1/stream?after=0",
+                f"ws://127.0.0.1:{ports['bridge']}/v1/stream?after=0&batch=1",  # as the console asks
                 "--token",
                 token,
             ),

@@ -117,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "tests.bench.bench_ingest",
                 "drain",
                 "--url",
-                f"ws://127.0.0.1:{port}/v1/stream?after=0",
+                f"ws://127.0.0.1:{port}/v1/stream?after=0&batch=1",
                 "--token",
                 token,
             ),
