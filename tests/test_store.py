@@ -189,3 +189,20 @@ def open_database_before(path: Path, migration: str) -> sqlite_utils.Database:
     db = sqlite_utils.Database(_connect(path))
     migrations.apply(db, stop_before=migration)
     return db
+
+
+async def test_waiting_for_another_process_s_write_lock_does_not_stall_the_event_loop(store: SqliteStore) -> None:
+    """The write lock is taken in the writer thread: while another process holds it, webhooks and streams go on."""
+    other = sqlite3.connect(store.path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    write = asyncio.ensure_future(store.write(appending(1)))
+    ticks = 0
+    for _ in range(10):
+        await asyncio.sleep(0.01)
+        ticks += 1
+    assert ticks == 10 and not write.done()
+    other.execute("COMMIT")
+    other.close()
+    event = await asyncio.wait_for(write, 10)
+    assert event.seq == 1
+    await store.close()
