@@ -866,19 +866,17 @@ class BridgeLink:
 
     def _catch_up_mode_sync(self, on: bool) -> None:
         """Tune the link's own connection for a long catch-up (a big page cache, the WAL left to grow), or back for
-        live events, folding the WAL into the database once (PASSIVE: readers are never blocked)."""
+        live events (the cache's background checkpoints fold the WAL in; PASSIVE: nobody waits for them)."""
         if on == self._bulk:
             return
         self._bulk = on
+        self.cache.checkpoints.paused = on
         try:
             conn = self.cache.conn()
             if on:
                 conn.execute(f"PRAGMA cache_size = -{CATCH_UP_CACHE_KIB}")
-                conn.execute("PRAGMA wal_autocheckpoint = 0")
             else:
                 conn.execute("PRAGMA cache_size = -2000")  # SQLite's default
-                conn.execute("PRAGMA wal_autocheckpoint = 1000")
-                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
         except sqlite3.Error:  # only speed is at stake
             log.warning("could not tune the cache for catching up", exc_info=True)
 

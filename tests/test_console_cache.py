@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 
 from bridge import protocol
 from bridge.types import conversation_id
+from console import cache as cache_module
 from console.cache import Cache, GapError
 from tests.support import CUSTOMER, OUR_NUMBER
 
@@ -177,3 +179,26 @@ def test_any_batching_of_the_same_events_gives_the_same_cache(tmp_path: Path, se
     assert expected["messages"] and any(row[8] for row in expected["messages"])  # some with Twilio's error code
     assert dump(at_once) == expected
     assert dump(chunked) == expected
+
+
+def test_the_log_is_folded_into_the_file_in_the_background_not_by_a_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No commit checkpoints (an apply never waits for the file's fsync); the checkpointer thread does, soon after,
+    and not while a catch-up has paused it."""
+    monkeypatch.setattr(cache_module, "CHECKPOINT_DELAY", 0.01)
+    path = tmp_path / "c.db"
+    cache = Cache(path)
+    assert cache.conn().execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    size = path.stat().st_size
+    cache.checkpoints.paused = True
+    cache.apply([received(seq, "hello " * 200) for seq in range(1, 301)])
+    time.sleep(0.2)
+    assert path.stat().st_size == size  # everything is still in the log
+    cache.checkpoints.paused = False
+    deadline = time.monotonic() + 10
+    while path.stat().st_size == size and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert path.stat().st_size > size
+    cache.close()
+    assert cache.checkpoints._thread is not None and not cache.checkpoints._thread.is_alive()
