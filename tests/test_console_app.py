@@ -348,3 +348,31 @@ async def test_a_burst_of_texts_gets_one_toast_and_a_summary(cache: Cache, monke
         await pilot.pause(0.5)
         said = [str(n.message) for n in app._notifications]
         assert said == ["burst text 0", "5 more new texts in the inbox"]
+
+
+async def test_a_burst_of_texts_reloads_the_inbox_at_once_then_once_more_after_the_reload_on_its_way(
+    cache: Cache,
+) -> None:
+    """The first text reloads the inbox at once; the texts that come while that reload is on its way share one
+    more reload when it lands, and the inbox ends on the newest."""
+    async with running(cache) as (app, pilot):
+        inbox = app.query_one(ConversationList)
+        reloads: list[int] = []
+        reload = inbox.reload
+
+        def counting(keep: str | None = None) -> None:
+            reloads.append(len(reloads))
+            reload(keep)
+
+        inbox.reload = counting  # type: ignore[method-assign]
+        log = EventLog(seq=cache.cursor())
+        for k in range(30):
+            log.inbound(customer(500 + k), f"burst text {k}", NOW + timedelta(minutes=k + 1))
+            app.link_events(cache.apply([log.events[-1]]))
+        await pilot.pause()
+        assert app.main._reload_timer is None  # live, no reload waits out a fixed throttle
+        await settle(pilot)
+        assert 2 <= len(reloads) <= 3
+        top = inbox._rows[0]
+        assert top.last_preview == "burst text 29" and inbox.count == cache.inbox_count(inbox.inbox)
+        assert not inbox.reloading

@@ -7,6 +7,7 @@ Rows not fetched yet draw as a dim placeholder for the few milliseconds the quer
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, replace
 from datetime import tzinfo
 
@@ -27,6 +28,7 @@ from console.phones import display_number
 from console.text import one_line
 
 WINDOW = 200
+RELOAD_GIVE_UP = 2.0
 """Rows fetched per query: a few screens' worth, so scrolling a page rarely waits."""
 DRAWN_KEPT = 2048
 """Drawn lines kept (see ConversationList._drawn); a few screens' worth, cleared whole when full."""
@@ -88,6 +90,9 @@ class ConversationList(ScrollView, can_focus=True):
 
         conversation_id: str
 
+    class Reloaded(Message):
+        """The rows a ``reload()`` asked for are in (and the list is no longer ``reloading``)."""
+
     @dataclass
     class _Loaded(Message, bubble=False):
         generation: int
@@ -115,6 +120,7 @@ class ConversationList(ScrollView, can_focus=True):
         self._rows: dict[int, ConversationRow] = {}
         self._generation = 0
         self._loading: tuple[int, int] | None = None
+        self._reload_since: float | None = None
         self._follow: str | None = None
         self._follow_cursor = False
         self._now = clock()
@@ -152,6 +158,7 @@ class ConversationList(ScrollView, can_focus=True):
         stays on the conversation it is on when the rows arrive, so a key pressed while they load is not undone.
         """
         self._generation += 1
+        self._reload_since = time.monotonic()
         if keep is None and self._follow is not None and not self._follow_cursor:
             keep = self._follow  # a reload still on its way was taking the cursor there: this one replaces it
         self._follow = (keep or None) if keep is not None else self.highlighted_id
@@ -191,6 +198,15 @@ class ConversationList(ScrollView, can_focus=True):
         self.refresh()
         if self.highlighted_id is not None and self.highlighted_id != previous:
             self.post_message(self.Highlighted(self.highlighted_id))
+        if self._reload_since is not None:
+            self._reload_since = None
+            self.post_message(self.Reloaded())
+
+    @property
+    def reloading(self) -> bool:
+        """A ``reload()`` is on its way (its queries run in a worker thread); ``Reloaded`` says when it lands.
+        One that has not landed in RELOAD_GIVE_UP seconds (its worker failed) is given up on."""
+        return self._reload_since is not None and time.monotonic() - self._reload_since < RELOAD_GIVE_UP
 
     def _want(self, index: int) -> None:
         if self._loading is not None and self._loading[0] <= index < self._loading[1]:
