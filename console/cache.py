@@ -438,6 +438,9 @@ class Cache:
         self._local = threading.local()
         self._local.conn = conn
         self.checkpoints = _Checkpointer(path)
+        self.inbox_version = 0
+        """Moves on when an applied batch adds a conversation or changes one's status or assignee (what the inbox's
+        filters select on), so a count taken at the same version still holds."""
 
     def conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -498,6 +501,8 @@ class Cache:
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
+        if batch.inbox_changed:
+            self.inbox_version += 1
         self.checkpoints.after_commit()
         return applied
 
@@ -845,8 +850,10 @@ def _index_new_messages(conn: sqlite3.Connection) -> None:
         )
 
 
-def _ensure_conversation(conn: sqlite3.Connection, d: dict[str, Any], at: str) -> None:
-    conn.execute(_CONVERSATION_INSERT, (d["conversation_id"], d["twilio_number"], d["customer_number"], at))
+def _ensure_conversation(conn: sqlite3.Connection, d: dict[str, Any], at: str) -> bool:
+    """Insert the conversation if the cache has not seen it; True if it was new."""
+    cur = conn.execute(_CONVERSATION_INSERT, (d["conversation_id"], d["twilio_number"], d["customer_number"], at))
+    return cur.rowcount > 0
 
 
 def _preview(body: str, media: Iterable[Any]) -> str:
@@ -960,6 +967,8 @@ class _Batch:
         self.depth: list[tuple[str, int]] = []
         self.depth_added = False
         self.waiting: int | None = None
+        self.inbox_changed = False
+        """A conversation was added, or its status or assignee changed: inbox counts may differ."""
 
     def known_call(self, call_sid: str) -> _KnownCall | None:
         if call_sid not in self.call_known:
@@ -1016,7 +1025,8 @@ class _Batch:
     def flush_rows(self) -> None:
         """Insert the conversations and texts seen so far: before a statement that needs them in the tables."""
         if self.new_rows:
-            self.conn.executemany(_CONVERSATION_INSERT, self.new_rows)
+            if self.conn.executemany(_CONVERSATION_INSERT, self.new_rows).rowcount > 0:
+                self.inbox_changed = True
             self.new_rows.clear()
         if self.messages:
             self.conn.executemany(_MESSAGE_INSERT, self.messages)
@@ -1131,13 +1141,16 @@ def _apply_one(batch: _Batch, event: protocol.Event) -> None:
                 batch.flush_rows()
                 conn.execute("UPDATE conversations SET failed = 1 WHERE id = ?", (d["conversation_id"],))
     elif kind == protocol.OPTOUT_CHANGED:
-        _ensure_conversation(conn, d, event.ts)
+        if _ensure_conversation(conn, d, event.ts):
+            batch.inbox_changed = True
         conn.execute(
             "UPDATE conversations SET opted_out = ? WHERE id = ?", (int(bool(d["opted_out"])), d["conversation_id"])
         )
     elif kind == protocol.CONVERSATION_ASSIGNED:
+        batch.inbox_changed = True
         conn.execute("UPDATE conversations SET assignee = ? WHERE id = ?", (d.get("assignee"), d["conversation_id"]))
     elif kind == protocol.CONVERSATION_STATUS:
+        batch.inbox_changed = True
         status = d["status"]
         conn.execute(
             "UPDATE conversations SET status = ?, snoozed_until = ?, "

@@ -202,3 +202,19 @@ def test_the_log_is_folded_into_the_file_in_the_background_not_by_a_commit(
     assert path.stat().st_size > size
     cache.close()
     assert cache.checkpoints._thread is not None and not cache.checkpoints._thread.is_alive()
+
+
+def test_the_inbox_version_moves_when_a_conversation_comes_or_changes_status_or_owner(tmp_path: Path) -> None:
+    """A text in a conversation the cache knows leaves the inbox's counts as they were: the version stays."""
+    cache = Cache(tmp_path / "c.db")
+    cache.apply([received(1, "hello")])  # a new conversation
+    assert cache.inbox_version == 1
+    cache.apply([received(2, "again"), received(3, "and again")])
+    assert cache.inbox_version == 1
+    at = "2026-11-24T05:01:00.000Z"
+    cache.apply([protocol.Event(4, protocol.CONVERSATION_ASSIGNED, at, {"conversation_id": CID, "assignee": "ana"})])
+    assert cache.inbox_version == 2
+    cache.apply([protocol.Event(5, protocol.CONVERSATION_STATUS, at, {"conversation_id": CID, "status": "resolved"})])
+    assert cache.inbox_version == 3
+    cache.apply([received(6, "reopened by the bridge's own status event, not by this text")])
+    assert cache.inbox_version == 3

@@ -121,6 +121,8 @@ class ConversationList(ScrollView, can_focus=True):
         self._generation = 0
         self._loading: tuple[int, int] | None = None
         self._reload_since: float | None = None
+        self._counted: tuple[InboxFilter, int, int] | None = None
+        """(filter, the cache's inbox_version, count) of the last count taken."""
         self._follow: str | None = None
         self._follow_cursor = False
         self._now = clock()
@@ -167,7 +169,13 @@ class ConversationList(ScrollView, can_focus=True):
 
     @work(thread=True, exclusive=True, group="inbox-fetch")
     def _fetch(self, generation: int, offset: int, follow: str | None = None) -> None:
-        count = self.cache.inbox_count(self.inbox)
+        inbox, version = self.inbox, self.cache.inbox_version  # the version first: a later change recounts
+        known = self._counted
+        if known is not None and known[0] == inbox and known[1] == version:
+            count = known[2]  # no conversation came or went since (a text in an existing one, say): ~4 ms saved
+        else:
+            count = self.cache.inbox_count(inbox)
+            self._counted = (inbox, version, count)
         if follow is not None:
             at = self.cache.inbox_position(self.inbox, follow)
             if at is not None:
