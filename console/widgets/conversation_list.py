@@ -66,6 +66,7 @@ class ConversationList(ScrollView, can_focus=True):
     ConversationList {
         background: $surface;
         scrollbar-size-vertical: 1;
+        overflow-x: hidden;  /* rows are cut to the width: never a horizontal scrollbar over the last row */
         & > .conversation-list--cursor { background: $accent 40%; }
         &:focus > .conversation-list--cursor { background: $accent; color: $text; }
         & > .conversation-list--unread { text-style: bold; }
