@@ -438,10 +438,10 @@ def open_database(path: Path | str) -> sqlite_utils.Database:
 
 
 READER_THREADS = 4
+"""Reader connections (one per thread): enough for replays to several consoles while commands look things up."""
 WRITER_CACHE_KIB = 32 * 1024
 """The writer's page cache (SQLite's default is 2 MiB), so that on a large log the index pages a text touches stay
 in memory instead of being read again from the OS for each statement."""
-"""Reader connections (one per thread): enough for replays to several consoles while commands look things up."""
 
 
 class SqliteStore:
