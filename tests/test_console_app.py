@@ -222,9 +222,9 @@ async def test_opening_a_conversation_clears_its_unread_count_without_reloading_
         reloads: list[str | None] = []
         reload = inbox.reload
 
-        def counted(keep: str | None = None) -> None:
+        def counted(keep: str | None = None, *, here: bool = False) -> None:
             reloads.append(keep)
-            reload(keep)
+            reload(keep, here=here)
 
         inbox.reload = counted  # type: ignore[method-assign]
         inbox.cursor = index
@@ -360,9 +360,9 @@ async def test_a_burst_of_texts_reloads_the_inbox_at_once_then_once_more_after_t
         reloads: list[int] = []
         reload = inbox.reload
 
-        def counting(keep: str | None = None) -> None:
+        def counting(keep: str | None = None, *, here: bool = False) -> None:
             reloads.append(len(reloads))
-            reload(keep)
+            reload(keep, here=here)
 
         inbox.reload = counting  # type: ignore[method-assign]
         log = EventLog(seq=cache.cursor())

@@ -409,7 +409,7 @@ class MainScreen(CallControls, Screen[None]):
         if self._calls_dirty:
             self._calls_dirty = False
             self.calls.reload(self.console_app.agent)
-        self.inbox.reload()
+        self.inbox.reload(here=not self.console_app.catching_up)
         current = self.current
         if current is not None and current.id in touched:
             self.thread.refresh_thread()

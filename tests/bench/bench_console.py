@@ -1166,26 +1166,6 @@ def what_if_leading_reload() -> None:
     patch(MainScreen, "_schedule_inbox_reload", _schedule_inbox_reload)
 
 
-def what_if_inbox_line_cache() -> None:
-    """ConversationList keeps each row's drawn line (keyed by the row, width, style and clock) instead of building
-    Rich text, a phone number's display form and a time for every line of every frame."""
-    from console.widgets.conversation_list import ConversationList
-
-    original = ConversationList._row_strip
-    drawn: dict[tuple[Any, ...], Any] = {}
-
-    def _row_strip(widget: Any, row: Any, width: int, base: Any) -> Any:
-        key = (row, width, base, widget._now)
-        strip = drawn.get(key)
-        if strip is None:
-            if len(drawn) > 4096:
-                drawn.clear()
-            strip = drawn[key] = original(widget, row, width, base)
-        return strip
-
-    patch(ConversationList, "_row_strip", _row_strip)
-
-
 def what_if_no_toasts() -> None:
     """No toast per inbound text (notify is a no-op): the cost of the toasts themselves."""
     from textual.app import App
@@ -1226,21 +1206,12 @@ def what_if_short_gil_slices_while_catching_up() -> None:
     patch(BridgeLink, "_catch_up_mode", catch_up_mode)
 
 
-def what_if_frames_at_240() -> None:
-    """Textual's screen update timer at 240 Hz instead of 60: how much of a change's latency is the wait for
-    the next frame."""
+def what_if_frames_at_120() -> None:
+    """Textual's screen update timer at 120 Hz instead of 60 (what ``TEXTUAL_FPS=120`` sets): how much of a
+    change's latency is the wait for the next frame."""
     import textual.screen
 
-    textual.screen.UPDATE_PERIOD = 1 / 240  # type: ignore[misc]
-
-
-def what_if_inbox_fetch_inline() -> None:
-    """The inbox's count and window read on the UI thread, not in a worker thread (no thread start, no hop back,
-    no GIL shared with the UI while it draws)."""
-    from console.widgets.conversation_list import ConversationList
-
-    fetch = ConversationList._fetch.__wrapped__  # type: ignore[attr-defined]
-    patch(ConversationList, "_fetch", lambda widget, *args: fetch(widget, *args))
+    textual.screen.UPDATE_PERIOD = 1 / 120  # type: ignore[misc]
 
 
 WHAT_IF_QUIET = ["no-toasts", "bindings-when-changed"]
@@ -1249,11 +1220,9 @@ WHAT_IFS: dict[str, Callable[[], None]] = {
     "bindings-when-changed": what_if_bindings_when_changed,
     "leading-reload": what_if_leading_reload,
     "no-toasts": what_if_no_toasts,
-    "inbox-line-cache": what_if_inbox_line_cache,
     "no-gc-while-catching-up": what_if_no_gc_while_catching_up,
     "short-gil-slices": what_if_short_gil_slices_while_catching_up,
-    "frames-at-240": what_if_frames_at_240,
-    "inbox-fetch-inline": what_if_inbox_fetch_inline,
+    "frames-at-120": what_if_frames_at_120,
 }
 
 
@@ -1522,7 +1491,7 @@ def search(results: dict[str, Any], report: Report, big_path: Path, quick: bool,
 def thread_switch(results: dict[str, Any], report: Report, big_path: Path, quick: bool, headless: bool) -> None:
     variants: list[tuple[str, list[str]]] = [
         ("as is", []),
-        ("what-if: inbox lines cached", ["inbox-line-cache"]),
+        ("what-if: frames at 120 Hz", ["frames-at-120"]),
     ]
     found: dict[str, dict[str, Any]] = {}
     for label, what_if in variants:
@@ -1580,7 +1549,7 @@ def inbound(results: dict[str, Any], report: Report, big_path: Path, quick: bool
     variants: list[tuple[str, list[str]]] = [
         ("as is", []),
         ("what-if: no toasts", ["no-toasts"]),
-        ("what-if: inbox fetched on the UI thread", ["inbox-fetch-inline"]),
+        ("what-if: frames at 120 Hz", ["frames-at-120"]),
     ]
     found: dict[str, dict[str, Any]] = {}
     for label, what_if in variants:
