@@ -256,7 +256,9 @@ class ThreadView(ScrollView, can_focus=True):
             self._set_virtual_size(Size(self.size.width, 0))
             self.refresh()
             return
-        self._fetch(self._generation, conversation_id, "fresh", at_pos)
+        # Read here, not in a worker: a few milliseconds of queries that, in a worker, wait on the GIL behind the
+        # UI's own drawing (a thread switch, key → thread painted: see bench_console).
+        self._read(self._generation, conversation_id, "fresh", at_pos)
 
     def refresh_thread(self) -> None:
         """Re-read what is loaded (new messages, changed statuses), keeping the reader's place."""
@@ -269,6 +271,12 @@ class ThreadView(ScrollView, can_focus=True):
     def _fetch(
         self, generation: int, conversation_id: str, where: str, focus: int | None, from_pos: int | None = None
     ) -> None:
+        self._read(generation, conversation_id, where, focus, from_pos)
+
+    def _read(
+        self, generation: int, conversation_id: str, where: str, focus: int | None, from_pos: int | None = None
+    ) -> None:
+        """Read a page of the thread (on whatever thread calls it); it comes back as a ``_Page`` message."""
         cache = self.cache
         has_newer = False
         rows: list[MessageRow]
