@@ -28,8 +28,9 @@ from console.phones import display_number
 from console.text import one_line
 
 WINDOW = 200
-RELOAD_GIVE_UP = 2.0
 """Rows fetched per query: a few screens' worth, so scrolling a page rarely waits."""
+RELOAD_GIVE_UP = 2.0
+"""Seconds after which a reload that never landed (its worker failed) no longer holds the next one back."""
 DRAWN_KEPT = 2048
 """Drawn lines kept (see ConversationList._drawn); a few screens' worth, cleared whole when full."""
 
@@ -190,10 +191,10 @@ class ConversationList(ScrollView, can_focus=True):
             count = self.cache.inbox_count(inbox)
             self._counted = (inbox, version, count)
         if follow is not None:
-            at = self.cache.inbox_position(self.inbox, follow)
+            at = self.cache.inbox_position(inbox, follow)
             if at is not None:
                 offset = max(0, at - WINDOW // 4)
-        rows = self.cache.inbox_window(self.inbox, offset, WINDOW)
+        rows = self.cache.inbox_window(inbox, offset, WINDOW)
         self.post_message(self._Loaded(generation, count, offset, rows))
 
     def on_conversation_list__loaded(self, message: _Loaded) -> None:
@@ -225,8 +226,8 @@ class ConversationList(ScrollView, can_focus=True):
 
     @property
     def reloading(self) -> bool:
-        """A ``reload()`` is on its way (its queries run in a worker thread); ``Reloaded`` says when it lands.
-        One that has not landed in RELOAD_GIVE_UP seconds (its worker failed) is given up on."""
+        """A ``reload()`` is on its way (its rows not yet in the list); ``Reloaded`` says when they land. One that
+        has not landed in RELOAD_GIVE_UP seconds is given up on."""
         return self._reload_since is not None and time.monotonic() - self._reload_since < RELOAD_GIVE_UP
 
     def _want(self, index: int) -> None:
