@@ -1626,7 +1626,7 @@ def catch_up(
                 ("link_only", "link only", []),
                 ("catch_up", "as is", []),
                 ("catch_up", "what-if: no cyclic GC while catching up", ["no-gc-while-catching-up"]),
-                ("catch_up", "what-if: the GIL handed over every 1 ms while catching up", ["short-gil-slices"]),
+                ("catch_up", "what-if: frames at 60 Hz (Textual's default)", ["frames-at-60"]),
             ):
                 scratch = working_copy(big_path, "work-1m.db")
                 try:
