@@ -1214,6 +1214,13 @@ def what_if_frames_at_60() -> None:
     textual.screen.UPDATE_PERIOD = 1 / 60  # type: ignore[misc]
 
 
+def what_if_no_gc() -> None:
+    """The cyclic garbage collector off for the whole phase: how much of the tail is its collections."""
+    import gc
+
+    gc.disable()
+
+
 WHAT_IF_QUIET = ["no-toasts", "bindings-when-changed"]
 
 WHAT_IFS: dict[str, Callable[[], None]] = {
@@ -1223,6 +1230,7 @@ WHAT_IFS: dict[str, Callable[[], None]] = {
     "no-gc-while-catching-up": what_if_no_gc_while_catching_up,
     "short-gil-slices": what_if_short_gil_slices_while_catching_up,
     "frames-at-60": what_if_frames_at_60,
+    "no-gc": what_if_no_gc,
 }
 
 
@@ -1494,7 +1502,7 @@ def search(results: dict[str, Any], report: Report, big_path: Path, quick: bool,
 def thread_switch(results: dict[str, Any], report: Report, big_path: Path, quick: bool, headless: bool) -> None:
     variants: list[tuple[str, list[str]]] = [
         ("as is", []),
-        ("what-if: frames at 60 Hz (Textual's default)", ["frames-at-60"]),
+        ("what-if: no cyclic GC", ["no-gc"]),
     ]
     found: dict[str, dict[str, Any]] = {}
     for label, what_if in variants:
