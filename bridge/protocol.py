@@ -26,7 +26,7 @@ Console → bridge
         ``id`` is chosen by the console (1–128 printable characters) and is the command's idempotency key.
     ``{"type": "signal", "conversation_id": "CV...", "signal": "typing"}``
 
-Connect with ``GET /v1/stream?after=<seq>`` (add ``&batch=1`` to take the replay in ``events`` frames) and
+Connect with ``GET /v1/stream?after=<seq>`` (add ``&batch=1`` to take events in ``events`` frames) and
 ``Authorization: Bearer <agent token>``. A missing or wrong token is refused before anything is sent (HTTP 403
 on the upgrade; close code 4401 once open, e.g. on revocation). A console whose send queue overflows is closed
 with code 4408 and resumes from its cursor.
@@ -402,17 +402,15 @@ def _load(text: str | bytes) -> dict[str, Any]:
     return frame
 
 
-def _event(frame: dict[str, Any]) -> Event:
+def _event(frame: object) -> Event:
+    if not isinstance(frame, dict):  # an item of an events frame (a frame itself is an object already)
+        raise ProtocolError("bad_event", "each item of an events frame must be an event object")
     seq, data, ts, kind = frame.get("seq"), frame.get("data"), frame.get("ts", ""), frame.get("type")
     if not isinstance(seq, int) or isinstance(seq, bool) or not isinstance(kind, str):
         raise ProtocolError("bad_event", "an event needs an integer seq and a string type")
     if not isinstance(data, dict):
         raise ProtocolError("bad_event", "an event's data must be an object")
     return Event(seq=seq, type=kind, ts=str(ts), data=data)
-
-
-def _not_an_event() -> Event:
-    raise ProtocolError("bad_event", "each item of an events frame must be an event object")
 
 
 def parse_client_frame(text: str | bytes) -> Command | Signal:
@@ -460,7 +458,7 @@ def parse_server_frame(text: str | bytes) -> ServerFrame:
         events = frame.get("events")
         if not isinstance(events, list) or not events:
             raise ProtocolError("bad_event", "an events frame needs a non-empty list of events")
-        batch = [_event(item) if isinstance(item, dict) else _not_an_event() for item in events]
+        batch = [_event(item) for item in events]
         if any(b.seq != a.seq + 1 for a, b in zip(batch, batch[1:], strict=False)):
             raise ProtocolError("bad_event", "the events in an events frame must be consecutive")
         return batch

@@ -63,7 +63,7 @@ async def stream_endpoint(websocket: WebSocket) -> None:
     after = int(after_text)
     batch_text = websocket.query_params.get("batch", "0")
     if batch_text not in ("0", "1"):
-        await _refuse(websocket, 400, "batch must be 0 or 1 (1: take the replay in events frames)")
+        await _refuse(websocket, 400, "batch must be 0 or 1 (1: take events in events frames)")
         return
     batched = batch_text == "1"
     head = await bridge.store.head()
@@ -112,26 +112,24 @@ async def _send_loop(bridge: Bridge, websocket: WebSocket, sub: Subscriber, afte
         due: list[str] = []
         for seq, frame in items:
             if seq is None:
-                await _send_events(websocket, due)
+                await _send_events(websocket, due, batched)
                 await websocket.send_text(frame)
                 continue
             if seq <= cursor:
                 continue
             if seq > cursor + 1:  # never expected; fill from the log rather than leave a hole
-                await _send_events(websocket, due)
+                await _send_events(websocket, due, batched)
                 cursor = await _replay(bridge, websocket, cursor, until=seq - 1, batched=batched)
             due.append(frame)
             cursor = seq
-        await _send_events(websocket, due)
+        await _send_events(websocket, due, batched)
 
 
-async def _send_events(websocket: WebSocket, frames: list[str]) -> None:
-    """Send (and clear) event frames: one alone as itself, more in ``events`` frames."""
-    if len(frames) == 1:
-        await websocket.send_text(frames[0])
-    elif frames:
-        for text in _batches(frames):
-            await websocket.send_text(text)
+async def _send_events(websocket: WebSocket, frames: list[str], batched: bool) -> None:
+    """Send (and clear) event frames: each as itself, or, for a ``batch=1`` console, more than one packed into
+    ``events`` frames."""
+    for text in _batches(frames) if batched and len(frames) > 1 else frames:
+        await websocket.send_text(text)
     frames.clear()
 
 
@@ -145,9 +143,7 @@ async def _replay(
             events = [e for e in events if e.seq <= until]
         if not events:
             break
-        frames = [event.frame() for event in events]
-        for text in _batches(frames) if batched else frames:
-            await websocket.send_text(text)
+        await _send_events(websocket, [event.frame() for event in events], batched)
         cursor = events[-1].seq
     return cursor
 

@@ -850,12 +850,6 @@ def _index_new_messages(conn: sqlite3.Connection) -> None:
         )
 
 
-def _ensure_conversation(conn: sqlite3.Connection, d: dict[str, Any], at: str) -> bool:
-    """Insert the conversation if the cache has not seen it; True if it was new."""
-    cur = conn.execute(_CONVERSATION_INSERT, (d["conversation_id"], d["twilio_number"], d["customer_number"], at))
-    return cur.rowcount > 0
-
-
 def _preview(body: str, media: Iterable[Any]) -> str:
     text = " ".join(body.split())
     count = len(list(media))
@@ -1022,6 +1016,11 @@ class _Batch:
             self.known.add(cid)
         return self.pending.setdefault(cid, _Summary())
 
+    def ensure_conversation(self, d: dict[str, Any], at: str) -> None:
+        """Insert the conversation now if the cache has not seen it (for a statement that updates it next)."""
+        self.new_rows.append((d["conversation_id"], d["twilio_number"], d["customer_number"], at))
+        self.flush_rows()
+
     def flush_rows(self) -> None:
         """Insert the conversations and texts seen so far: before a statement that needs them in the tables."""
         if self.new_rows:
@@ -1141,8 +1140,7 @@ def _apply_one(batch: _Batch, event: protocol.Event) -> None:
                 batch.flush_rows()
                 conn.execute("UPDATE conversations SET failed = 1 WHERE id = ?", (d["conversation_id"],))
     elif kind == protocol.OPTOUT_CHANGED:
-        if _ensure_conversation(conn, d, event.ts):
-            batch.inbox_changed = True
+        batch.ensure_conversation(d, event.ts)
         conn.execute(
             "UPDATE conversations SET opted_out = ? WHERE id = ?", (int(bool(d["opted_out"])), d["conversation_id"])
         )

@@ -1123,49 +1123,6 @@ async def phase_catch_up_local(probe: Probe, params: dict[str, Any]) -> dict[str
 # -- what-ifs: candidate fixes, patched into a child to measure them side by side (product code is not changed) ---
 
 
-def what_if_bindings_when_changed() -> None:
-    """MainScreen.refresh_bindings only when what the footer shows would change (each call recomposes the footer)."""
-    from textual.binding import Binding
-
-    from console.screens.main import MainScreen
-
-    original = MainScreen.refresh_bindings
-    shown: dict[int, tuple[Any, ...]] = {}
-
-    def refresh_bindings(screen: Any) -> None:
-        state = tuple(screen.check_action(b.action, ()) for b in MainScreen.BINDINGS if isinstance(b, Binding))
-        state += (screen.app.focused,)
-        if shown.get(id(screen)) != state:
-            shown[id(screen)] = state
-            original(screen)
-
-    patch(MainScreen, "refresh_bindings", refresh_bindings)
-
-
-def what_if_leading_reload() -> None:
-    """MainScreen reloads the inbox at once for the first event, then at most every 50 ms (throttle, not delay)."""
-    from console.screens.main import MainScreen
-
-    reload_now = MainScreen._reload_now
-    last: dict[int, float] = {}
-
-    def _reload_now(screen: Any) -> None:
-        last[id(screen)] = time.monotonic()
-        reload_now(screen)
-
-    def _schedule_inbox_reload(screen: Any) -> None:
-        if screen._reload_timer is not None:
-            return
-        wait = 0.05 - (time.monotonic() - last.get(id(screen), 0.0))
-        if wait <= 0:
-            screen._reload_now()
-        else:
-            screen._reload_timer = screen.set_timer(wait, screen._reload_now)
-
-    patch(MainScreen, "_reload_now", _reload_now)
-    patch(MainScreen, "_schedule_inbox_reload", _schedule_inbox_reload)
-
-
 def what_if_no_toasts() -> None:
     """No toast per inbound text (notify is a no-op): the cost of the toasts themselves."""
     from textual.app import App
@@ -1189,23 +1146,6 @@ def what_if_no_gc_while_catching_up() -> None:
     patch(BridgeLink, "_catch_up_mode", catch_up_mode)
 
 
-def what_if_short_gil_slices_while_catching_up() -> None:
-    """The GIL handed over every 1 ms instead of 5 while catching up (``sys.setswitchinterval``), so the UI thread
-    waits less behind the apply thread's Python work."""
-    import sys
-
-    from console.client import BridgeLink
-
-    original = BridgeLink._catch_up_mode
-    default = sys.getswitchinterval()
-
-    def catch_up_mode(link: Any, on: bool) -> None:
-        sys.setswitchinterval(0.001 if on else default)
-        original(link, on)
-
-    patch(BridgeLink, "_catch_up_mode", catch_up_mode)
-
-
 def what_if_frames_at_60() -> None:
     """Textual's screen update timer at its default 60 Hz instead of the console's 120 (``console/__init__.py``
     sets ``TEXTUAL_FPS``): how much of a change's latency is the wait for the next frame."""
@@ -1221,14 +1161,9 @@ def what_if_no_gc() -> None:
     gc.disable()
 
 
-WHAT_IF_QUIET = ["no-toasts", "bindings-when-changed"]
-
 WHAT_IFS: dict[str, Callable[[], None]] = {
-    "bindings-when-changed": what_if_bindings_when_changed,
-    "leading-reload": what_if_leading_reload,
     "no-toasts": what_if_no_toasts,
     "no-gc-while-catching-up": what_if_no_gc_while_catching_up,
-    "short-gil-slices": what_if_short_gil_slices_while_catching_up,
     "frames-at-60": what_if_frames_at_60,
     "no-gc": what_if_no_gc,
 }
