@@ -359,7 +359,10 @@ async def test_live_events_arrive_as_batches_naming_their_conversations(world: W
     seen.link.start()
     await seen.reach(LinkState.CONNECTED)
     await text_in(world.url, "hello", "is anyone there?")
-    await until(lambda: cache.cursor() == 2, "two live events in the cache")
+    # The link's own cursor, not the cache's: the cache commits in the link's worker thread a moment before the
+    # link hears of it and reports the batch.
+    await until(lambda: seen.link.status.cursor == 2, "two live events applied and reported")
+    assert cache.cursor() == 2
     assert [m.body for m in cache.messages(CID)] == ["hello", "is anyone there?"]
     live = [b for b in seen.batches if not b.catching_up]
     assert [e.seq for b in live for e in b.events] == [1, 2]
@@ -415,7 +418,8 @@ async def test_reconnects_after_the_bridge_restarts_without_gap_or_duplicate(wor
     await world.bridge.start()
     await text_in(world.url, "after")
     await seen.reach(LinkState.CONNECTED, times=2)
-    await until(lambda: cache.cursor() == 2, "the text sent after the restart")
+    await until(lambda: seen.link.status.cursor == 2, "the text sent after the restart, applied and reported")
+    assert cache.cursor() == 2
     assert [e.seq for b in seen.batches for e in b.events] == [1, 2]
     assert world.attempts[0] == "after=0&batch=1" and world.attempts[-1] in ("after=1&batch=1", "after=2&batch=1")
 
