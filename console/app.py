@@ -17,7 +17,7 @@ from textual.screen import Screen
 from bridge import protocol
 from console import messages, times
 from console.cache import Cache
-from console.client import BridgeLink, LinkState, LinkStatus
+from console.client import AppliedBatch, BridgeLink, LinkState, LinkStatus
 from console.config import ConsoleConfig
 from console.screens.help import HelpScreen
 from console.screens.main import MainScreen
@@ -112,6 +112,9 @@ class SwitchboardApp(App[None]):
     @property
     def catching_up(self) -> bool:
         return self.link is not None and self.link.status.state is LinkState.CATCHING_UP
+
+    def link_batch(self, batch: AppliedBatch) -> None:
+        self.main.post_message(messages.EventsApplied(list(batch.events), set(batch.conversation_ids)))
 
     def link_events(self, events: list[protocol.Event]) -> None:
         touched = {str(e.data["conversation_id"]) for e in events if e.data.get("conversation_id")}

@@ -6,24 +6,43 @@ the bridge is away. No textual import: screens call these functions from thread 
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
-
-import sqlite_utils
-from sqlite_utils.migrations import Migrations
+from typing import TYPE_CHECKING, Any
 
 from bridge import protocol
 
-migrations = Migrations("switchboard-console")
+if TYPE_CHECKING:
+    import sqlite_utils
+    from sqlite_utils.migrations import Migrations
+
+_MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = []
 
 
-@migrations()
+def _migration(fn: Callable[[sqlite_utils.Database], None]) -> Callable[[sqlite_utils.Database], None]:
+    _MIGRATIONS.append(fn)
+    return fn
+
+
+@functools.cache
+def schema() -> Migrations:
+    """The cache's migrations, in order, named after their functions. Built on first use: sqlite-utils takes ~0.3 s
+    to import here, which the catch-up helper, opening a cache its console has already migrated, does not pay."""
+    from sqlite_utils.migrations import Migrations
+
+    migrations = Migrations("switchboard-console")
+    for fn in _MIGRATIONS:
+        migrations()(fn)
+    return migrations
+
+
+@_migration
 def m001_cache(db: sqlite_utils.Database) -> None:
     db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID")
     db.execute(
@@ -95,7 +114,7 @@ def m001_cache(db: sqlite_utils.Database) -> None:
     )
 
 
-@migrations()
+@_migration
 def m002_team_state(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE conversations ADD COLUMN snoozed_until TEXT")
     db.execute("CREATE INDEX conversations_by_status ON conversations (status, last_at DESC, id DESC)")
@@ -132,7 +151,7 @@ class InboxFilter:
         return f"{self.status} · {owner}"
 
 
-@migrations()
+@_migration
 def m003_batched_search_index(db: sqlite_utils.Database) -> None:
     # The full-text index is filled once per applied batch (one INSERT … SELECT) rather than by a trigger per row,
     # which halved catch-up speed; ``fts_pos`` is the last message position indexed.
@@ -144,7 +163,7 @@ def m003_batched_search_index(db: sqlite_utils.Database) -> None:
     )
 
 
-@migrations()
+@_migration
 def m004_voice(db: sqlite_utils.Database) -> None:
     # A call is upserted from each call.updated snapshot (the newest seq wins); ``call_changes`` keeps what happened,
     # for the thread's timeline. A call and a voicemail also get a row in ``messages`` (direction 'call' or
@@ -219,7 +238,7 @@ def m004_voice(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX queue_depth_by_time ON queue_depth (at)")
 
 
-@migrations()
+@_migration
 def m005_no_sid_index(db: sqlite_utils.Database) -> None:
     # Nothing looks messages up by Twilio SID (status events name the bridge's message_id), and the index cost a
     # random B-tree insert per text: a tenth of a long catch-up into a large cache.
@@ -428,16 +447,23 @@ _MESSAGE_COLUMNS = (
 class Cache:
     """One bridge profile's cache. Safe to use from several threads: each gets its own connection."""
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, *, migrate: bool = True) -> None:
+        """Open (or create) the cache and bring its schema up to date; ``migrate=False`` trusts that it is (for the
+        catch-up helper: its console opened the cache first)."""
         self.path = path
         if str(path) != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         conn = _connect(path)
-        migrations.apply(sqlite_utils.Database(conn))
+        if migrate:
+            import sqlite_utils
+
+            schema().apply(sqlite_utils.Database(conn))
         self._write_lock = threading.Lock()
         self._local = threading.local()
         self._local.conn = conn
         self.checkpoints = _Checkpointer(path)
+        self._held: _Held | None = None
+        """The transaction apply(commit=False) left open, if any (the write lock is held meanwhile)."""
         self.inbox_version = 0
         """Moves on when an applied batch adds a conversation or changes one's status or assignee (what the inbox's
         filters select on), so a count taken at the same version still holds."""
@@ -468,39 +494,62 @@ class Cache:
 
     # -- applying events -------------------------------------------------------------------------------------
 
-    def apply(self, events: Sequence[protocol.Event]) -> list[protocol.Event]:
+    def apply(self, events: Sequence[protocol.Event], *, commit: bool = True) -> list[protocol.Event]:
         """Apply events after the cursor, in order, and move the cursor, all in one transaction.
 
         Events at or before the cursor are skipped (a replay overlap); a gap raises, so nothing is ever skipped.
         Returns the events applied.
+
+        With ``commit=False`` the transaction stays open and the next ``apply`` continues it, on the same thread;
+        the first call with ``commit=True`` commits everything since it opened. A long catch-up (the catch-up
+        helper's) streams that way: each index page is written once per transaction and each conversation updated
+        once, while only one call's events are in memory. Any failure rolls the whole open transaction back.
         """
-        with self._write_lock:
-            conn = self.conn()
-            conn.execute("BEGIN IMMEDIATE")
+        held = self._held
+        if held is None:
+            self._write_lock.acquire()
             try:
-                cursor = self.cursor()
-                applied = []
-                batch = _Batch(conn)
-                for event in events:
-                    if event.seq <= cursor:
-                        continue
-                    if event.seq != cursor + 1:
-                        raise GapError(f"event {event.seq} follows {cursor}: the stream skipped events")
-                    _apply_one(batch, event)
-                    cursor = event.seq
-                    applied.append(event)
-                batch.flush()
-                batch.prune_depth()
-                _index_new_messages(conn)
-                conn.execute(
-                    "INSERT INTO meta (key, value) VALUES ('cursor', ?) "
-                    "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                    (str(cursor),),
-                )
-                conn.execute("COMMIT")
+                conn = self.conn()
+                conn.execute("BEGIN IMMEDIATE")
+                held = _Held(conn, _Batch(conn), self.cursor())
             except BaseException:
-                conn.execute("ROLLBACK")
+                self._write_lock.release()
                 raise
+        elif held.conn is not self.conn():
+            raise RuntimeError("a transaction left open by apply(commit=False) belongs to another thread")
+        conn, batch = held.conn, held.batch
+        self._held = None
+        try:
+            cursor = held.cursor
+            applied = []
+            for event in events:
+                if event.seq <= cursor:
+                    continue
+                if event.seq != cursor + 1:
+                    raise GapError(f"event {event.seq} follows {cursor}: the stream skipped events")
+                _apply_one(batch, event)
+                cursor = event.seq
+                applied.append(event)
+            held.cursor = cursor
+            if not commit:
+                batch.flush_rows()  # the texts go to SQLite now; only the conversations' summaries wait
+                self._held = held
+                return applied
+            batch.flush()
+            batch.prune_depth()
+            _index_new_messages(conn)
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('cursor', ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (str(cursor),),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        finally:
+            if self._held is None:
+                self._write_lock.release()
         if batch.inbox_changed:
             self.inbox_version += 1
         self.checkpoints.after_commit()
@@ -938,6 +987,15 @@ class _KnownCall:
     seq: int
     state: str
     signature: tuple[Any, ...]
+
+
+@dataclass(slots=True)
+class _Held:
+    """A transaction of applied events not yet committed: its connection, its batch, the cursor within it."""
+
+    conn: sqlite3.Connection
+    batch: _Batch
+    cursor: int
 
 
 class _Batch:

@@ -38,9 +38,10 @@ def make_app(config: ConsoleConfig, cache: Cache) -> Any:
             config.token,
             cache,
             on_status=app.link_status,
-            on_events=app.link_events,
+            on_batch=app.link_batch,
             on_result=app.link_result,
             on_signal=app.link_signal,
+            catch_up_helper=True,
         )
 
     return SwitchboardApp(cache, config, link_factory=link, freeze_heap=True)

@@ -175,10 +175,55 @@ def test_any_batching_of_the_same_events_gives_the_same_cache(tmp_path: Path, se
         step = rng.randint(1, 40)
         chunked.apply(events[i : i + step])
         i += step
+    held = Cache(tmp_path / "held.db")  # as the catch-up helper streams: chunks into transactions left open
+    i = 0
+    while i < len(events):
+        step = rng.randint(1, 40)
+        held.apply(events[i : i + step], commit=rng.random() < 0.2)
+        i += step
+    held.apply([])
     expected = dump(one_by_one)
     assert expected["messages"] and any(row[8] for row in expected["messages"])  # some with Twilio's error code
     assert dump(at_once) == expected
     assert dump(chunked) == expected
+    assert dump(held) == expected
+
+
+def test_a_transaction_left_open_is_committed_whole_or_rolled_back_whole(tmp_path: Path) -> None:
+    import threading
+
+    cache = Cache(tmp_path / "c.db")
+    reader = Cache(tmp_path / "c.db")
+    cache.apply([received(1, "one")])
+    assert cache.apply([received(2, "two")], commit=False) == [received(2, "two")]
+    cache.apply([received(3, "three")], commit=False)
+    # Nobody sees it until it commits (the cursor is written at the commit, so even the writer's reads 1).
+    assert cache.cursor() == 1 and len(cache.messages(CID)) == 3
+    assert reader.cursor() == 1 and [m.body for m in reader.messages(CID)] == ["one"]
+    failed: list[BaseException] = []
+    other = threading.Thread(target=lambda: _catch(failed, lambda: cache.apply([received(4, "x")])))
+    other.start()
+    other.join(10)
+    assert failed and isinstance(failed[0], RuntimeError)  # only the thread that opened it may continue it
+    cache.apply([received(4, "four")])
+    assert reader.cursor() == 4 and [m.body for m in reader.messages(CID)] == ["one", "two", "three", "four"]
+    assert reader.conversations()[0].unread == 4  # the summary folded across the open transaction's calls
+
+    cache.apply([received(5, "five")], commit=False)
+    with pytest.raises(GapError):
+        cache.apply([received(7, "seven")], commit=False)
+    # The whole open transaction is gone, and the write lock with it: the next apply starts afresh.
+    assert cache.cursor() == 4 and reader.cursor() == 4
+    cache.apply([received(5, "five again")])
+    assert [m.body for m in reader.messages(CID)][-1] == "five again" and reader.cursor() == 5
+    reader.close()
+
+
+def _catch(into: list[BaseException], fn: object) -> None:
+    try:
+        fn()  # type: ignore[operator]
+    except BaseException as exc:
+        into.append(exc)
 
 
 def test_the_log_is_folded_into_the_file_in_the_background_not_by_a_commit(

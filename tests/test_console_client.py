@@ -841,3 +841,117 @@ async def test_a_catch_up_stopped_midway_resumes_where_the_cache_stopped(world: 
     assert world.attempts == ["after=0&batch=1", f"after={stopped_at}&batch=1"]
     assert [e.seq for b in seen.batches for e in b.events] == list(range(1, 3001))
     assert cache.cursor() == 3000
+
+
+# -- the catch-up helper process --------------------------------------------------------------------------------
+
+# The helper as console/catchup.py runs it, but killed (SIGKILL, no cleanup) at a chosen point: after its first
+# commit, or in the middle of the transaction that follows it. Small transactions, so there are several.
+HELPER_KILLED = """
+import os, signal, sys
+import console.catchup as helper
+from console.cache import Cache
+
+helper.COMMIT_EVERY = 500
+where = sys.argv[1]
+commit, apply = helper._Writer.commit, Cache.apply
+commits = []
+
+def killing_commit(self):
+    commit(self)
+    commits.append(self.cache.cursor())
+    if where == "after-commit":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+def killing_apply(self, events, *, commit=True):
+    applied = apply(self, events, commit=commit)
+    if where == "mid-transaction" and commits and applied and not commit:
+        os.kill(os.getpid(), signal.SIGKILL)  # events applied, in a transaction not committed
+    return applied
+
+helper._Writer.commit, Cache.apply = killing_commit, killing_apply
+sys.exit(helper.main())
+"""
+
+
+def message_counts(cache: Cache) -> tuple[int, int, int]:
+    """(messages, distinct message ids, the conversations' message counts summed): equal when nothing is doubled."""
+    conn = cache.conn()
+    rows, ids = conn.execute("SELECT count(*), count(DISTINCT id) FROM messages").fetchone()
+    counted = conn.execute("SELECT coalesce(sum(message_count), 0) FROM conversations").fetchone()[0]
+    return int(rows), int(ids), int(counted)
+
+
+async def test_a_long_catch_up_runs_in_the_helper_process_and_the_console_takes_over_live(world: World) -> None:
+    seed_log(world.settings, 3000)
+    await world.bridge.start()
+    cache = world.cache()
+    seen = world.link(cache, catch_up_helper=True, helper_from=1000)
+    seen.link.start()
+    connected = await seen.reach(LinkState.CONNECTED, timeout=30)
+
+    assert cache.cursor() == 3000 and connected.cursor == 3000 and connected.head == 3000
+    assert message_counts(cache) == (3000, 3000, 3000)
+    # The helper replayed from 0 on its own connection; the console resumed where it had committed.
+    assert world.attempts == ["after=0&batch=1", "after=3000&batch=1"]
+    from_helper = [b for b in seen.batches if not b.events]
+    assert from_helper and all(b.catching_up for b in from_helper)
+    assert from_helper[-1].cursor == 3000
+    touched = set().union(*(b.conversation_ids for b in from_helper))
+    assert touched == {received_data(n)["conversation_id"] for n in range(40)}
+    assert any(s.state is LinkState.CATCHING_UP and s.head == 3000 for s in seen.statuses)
+    assert seen.link.helper is None
+    # Live events come to the console itself.
+    await text_in(world.url, "after the catch-up")
+    await until(lambda: cache.cursor() == 3001, "the live text")
+    assert [e.type for b in seen.batches for e in b.events] == [protocol.MESSAGE_RECEIVED]
+
+
+async def test_a_short_catch_up_stays_in_the_console(world: World) -> None:
+    seed_log(world.settings, 300)
+    await world.bridge.start()
+    cache = world.cache()
+    seen = world.link(cache, catch_up_helper=True, helper_from=1000)
+    seen.link.start()
+    await seen.reach(LinkState.CONNECTED)
+    assert world.attempts == ["after=0&batch=1"]
+    assert [e.seq for b in seen.batches for e in b.events] == list(range(1, 301))
+
+
+@pytest.mark.parametrize("where", ["after-commit", "mid-transaction"])
+async def test_a_helper_killed_mid_catch_up_loses_nothing_and_the_console_finishes(world: World, where: str) -> None:
+    seed_log(world.settings, 3000)
+    await world.bridge.start()
+    cache = world.cache()
+    command = (sys.executable, "-c", HELPER_KILLED, where)
+    seen = world.link(cache, catch_up_helper=True, helper_from=1000, helper_command=command)
+    seen.link.start()
+    await seen.reach(LinkState.CONNECTED, timeout=30)
+
+    # The helper committed its first transaction (500 events or a little more: what had arrived) and, killed in
+    # the middle of the next, had it rolled back; the console resumed from there on its own connection, and
+    # everything is in the cache once.
+    [committed] = [b.cursor for b in seen.batches if not b.events]
+    assert 500 <= committed < 3000
+    assert world.attempts == ["after=0&batch=1", f"after={committed}&batch=1"]
+    assert [e.seq for b in seen.batches for e in b.events] == list(range(committed + 1, 3001))
+    assert cache.cursor() == 3000
+    assert message_counts(cache) == (3000, 3000, 3000)
+
+
+async def test_stopping_the_console_mid_catch_up_ends_the_helper(world: World) -> None:
+    seed_log(world.settings, 3000)
+    await world.bridge.start()
+    cache = world.cache()
+    # A helper that never commits: it waits (for its input to end) as a slow one would.
+    command = (sys.executable, "-c", "import sys; sys.stdin.read()")
+    seen = world.link(cache, catch_up_helper=True, helper_from=1000, helper_command=command)
+    seen.link.start()
+    await until(lambda: seen.link.helper is not None, "the helper to start")
+    helper = seen.link.helper
+    assert helper is not None and seen.link.status.state is LinkState.CATCHING_UP
+    async with asyncio.timeout(10):
+        await seen.link.stop()
+    after: LinkStatus = seen.link.status
+    assert helper.returncode is not None and seen.link.helper is None
+    assert after.state is LinkState.OFFLINE and cache.cursor() == 0

@@ -154,9 +154,9 @@ def _spec(conversations: int, messages: int) -> str:
     """What a built cache depends on: the data, and the cache's schema (its migrations) in the product today."""
     import sqlite_utils
 
-    from console.cache import migrations
+    from console.cache import schema as cache_schema
 
-    schema = [m.name for m in migrations.pending(sqlite_utils.Database(memory=True))]
+    schema = [m.name for m in cache_schema().pending(sqlite_utils.Database(memory=True))]
     return json.dumps(
         {"conversations": conversations, "messages": messages, "seed": SEED, "v": SPEC_VERSION, "schema": schema}
     )
@@ -967,8 +967,12 @@ def make_link(app: Any, url: str, token: str, cache: Any, on_status: Callable[[A
 
     names = inspect.signature(BridgeLink).parameters
     kwargs: dict[str, Any] = {"on_status": on_status}
+    if "catch_up_helper" in names:  # as console/cli.py wires it
+        kwargs["catch_up_helper"] = True
     if app is not None:
-        if "on_events" in names:  # as console/cli.py wires it
+        if "on_batch" in names and hasattr(app, "link_batch"):  # as console/cli.py wires it
+            kwargs["on_batch"] = app.link_batch
+        elif "on_events" in names:
             kwargs["on_events"] = app.link_events
         elif "on_batch" in names:
             kwargs["on_batch"] = lambda batch: app.link_events(list(batch.events))

@@ -1,0 +1,223 @@
+"""The catch-up helper: a process of its own that replays a long stretch of missed events into the cache.
+
+A console that missed tens of thousands of events (a night off, a long outage) must apply them all before it is
+live again. In the console's own process that work shared one interpreter lock with the screen: keys waited for the
+link's Python and the link for the screen's drawing (a 100k-event catch-up took 10.8 s with the screen against
+7.5 s without, and keys pressed meanwhile waited p99 ~280 ms: bench_console). So ``BridgeLink`` hands a long
+catch-up to this helper (``python -m console.catchup``) and the screen stays responsive meanwhile.
+
+Without a screen to share memory with, the helper also streams the replay into long transactions
+(``Cache.apply(commit=False)``): each index page of a large cache is written once per transaction and each
+conversation updated once, where a console holding its batches in memory had to commit every few thousand events.
+It reads the socket on its event loop and applies on a thread of its own, so the two overlap.
+
+With the console (``BridgeLink._catch_up_in_helper``):
+
+- stdin: one JSON line ``{"url", "token", "cache", "until"}``, then nothing. The token travels here rather than on
+  the command line, which every user of the machine can read. End of input means the console is gone: the helper
+  stops, and what it had not committed is rolled back (the cursor moves in the same transaction as the events, so
+  nothing is ever half-applied).
+- stdout: one JSON line per commit, ``{"cursor": N, "conversations": [...]}``, for the console's progress and
+  repaints.
+- exit status: 0 once the stream has caught up or the cursor has reached ``until``; 1 if anything went wrong (the
+  reason on stderr: the console then catches up by itself, and its own connection says what the matter is); 2 for
+  bad input.
+
+The helper never sends the outbox, and never applies live events past the catch-up: both stay with the console.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Final, TextIO
+
+from websockets.asyncio.client import connect
+
+from bridge import protocol
+from console.cache import Cache
+from console.client import CATCH_UP_CACHE_KIB, OPEN_TIMEOUT, stream_url
+
+COMMIT_EVERY: Final = 100_000
+"""Most events in one transaction. 100k events into a 1M-message cache, the SQL alone: 2.1 s in one transaction
+against 3.2 s in 20,000-event ones (the indexes' pages written once instead of five times)."""
+COMMIT_AFTER: Final = 1.5
+"""Seconds a transaction may stay open: the console's screen shows what is committed, so a long catch-up shows
+its progress at this pace."""
+CHUNK: Final = 16
+"""Most frames handed to the writer thread at once (what has arrived since the last hand-over, up to this)."""
+READ_AHEAD: Final = 64
+"""Frames read ahead of the writer (an ``events`` frame of the replay holds a few hundred events); beyond this the
+socket is not read and TCP slows the bridge down."""
+
+EXIT_CAUGHT_UP: Final = 0
+EXIT_FAILED: Final = 1
+EXIT_BAD_INPUT: Final = 2
+
+
+class _Writer:
+    """Reads frames and applies their events on a thread of its own, in transactions of up to COMMIT_EVERY events
+    or COMMIT_AFTER seconds. Frames are parsed here too: the event loop only moves bytes, so the two threads seldom
+    want the interpreter lock at once (parsing on the loop made each wait for the other: 5.5–6.1 s against 4.2–5.4 s
+    for everything on one thread)."""
+
+    def __init__(self, cache: Cache, out: TextIO, until: int | None) -> None:
+        self.cache = cache
+        self.out = out
+        self.until = until
+        self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="catch-up-writer")
+        self.held = 0
+        self.opened = 0.0
+        self.touched: set[str] = set()
+
+    async def run(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.thread, fn, *args)
+
+    def start(self) -> int:
+        """Tune the connection for a long catch-up; returns the cursor to resume from."""
+        self.cache.conn().execute(f"PRAGMA cache_size = -{CATCH_UP_CACHE_KIB}")
+        return self.cache.cursor()
+
+    def feed(self, raws: list[str | bytes]) -> bool:
+        """Apply the events of these frames; True once caught up (the transaction is then committed). Raises
+        ProtocolError for a frame that cannot be read, after committing what came before it."""
+        events: list[protocol.Event] = []
+        caught_up = False
+        try:
+            for raw in raws:
+                frame = protocol.parse_server_frame(raw)
+                if isinstance(frame, protocol.Event):
+                    events.append(frame)
+                elif isinstance(frame, list):
+                    events.extend(frame)
+                elif isinstance(frame, dict) and frame.get("type") == protocol.CAUGHT_UP:
+                    caught_up = True
+                    break  # what follows is live: the console's business
+        except protocol.ProtocolError:
+            self.apply(events, True)
+            raise
+        if self.until is not None and events and events[-1].seq >= self.until:
+            caught_up = True
+        self.apply(events, caught_up)
+        return caught_up
+
+    def apply(self, events: list[protocol.Event], last: bool) -> None:
+        """Apply events into the open transaction; commit it if it is full, old, or ``last``."""
+        if not self.held:
+            self.opened = time.monotonic()
+        applied = self.cache.apply(events, commit=False)
+        self.held += len(applied)
+        self.touched.update(str(e.data["conversation_id"]) for e in applied if e.data.get("conversation_id"))
+        if last or self.held >= COMMIT_EVERY or time.monotonic() - self.opened >= COMMIT_AFTER:
+            self.commit()
+
+    def commit(self) -> None:
+        self.cache.apply([], commit=True)
+        if self.held:
+            line = {"cursor": self.cache.cursor(), "conversations": sorted(self.touched)}
+            self.out.write(json.dumps(line, separators=(",", ":")) + "\n")
+            self.out.flush()
+        self.held = 0
+        self.touched = set()
+
+    def close(self) -> None:
+        self.cache.close()  # an open transaction is rolled back
+
+
+async def catch_up(params: dict[str, Any], out: TextIO) -> int:
+    """Replay the events after the cache's cursor until the stream catches up; returns the exit status."""
+    cache = Cache(params["cache"], migrate=False)
+    cache.checkpoints.paused = True  # the console folds the log into the file once it is live again
+    until = params.get("until")
+    writer = _Writer(cache, out, until if isinstance(until, int) else None)
+    try:
+        cursor = await writer.run(writer.start)
+        async with connect(
+            stream_url(params["url"], cursor),
+            additional_headers={"Authorization": f"Bearer {params['token']}"},
+            user_agent_header="switchboard-console-catch-up/0.1",
+            open_timeout=OPEN_TIMEOUT,
+            ping_interval=20,
+            ping_timeout=20,
+            close_timeout=2,
+            max_size=4 * 1024 * 1024,
+        ) as ws:
+            frames: asyncio.Queue[str | bytes | Exception] = asyncio.Queue(READ_AHEAD)
+
+            async def read() -> None:
+                try:
+                    async for raw in ws:
+                        await frames.put(raw)
+                except Exception as exc:  # the end of the connection
+                    await frames.put(exc)
+                else:
+                    await frames.put(ConnectionError("the bridge closed the stream"))
+
+            reader = asyncio.create_task(read())
+            try:
+                while True:
+                    raws: list[str | bytes] = []
+                    ended: Exception | None = None
+                    item = await frames.get()
+                    while True:
+                        if isinstance(item, Exception):
+                            ended = item
+                            break
+                        raws.append(item)
+                        if len(raws) >= CHUNK or frames.empty():
+                            break
+                        item = frames.get_nowait()
+                    if await writer.run(writer.feed, raws):
+                        return EXIT_CAUGHT_UP
+                    if ended is not None:
+                        await writer.run(writer.commit)  # what arrived before the end is whole: keep it
+                        raise ended
+            finally:
+                reader.cancel()
+                with contextlib.suppress(BaseException):
+                    await reader
+    finally:
+        await writer.run(writer.close)
+        writer.thread.shutdown(wait=True)
+
+
+def main() -> int:
+    try:
+        params = json.loads(sys.stdin.readline())
+        if not isinstance(params, dict) or not all(isinstance(params.get(k), str) for k in ("url", "token", "cache")):
+            raise ValueError("expected an object with url, token and cache")
+    except ValueError as exc:
+        print(f"switchboard catch-up helper: bad input on stdin ({exc})", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+    async def run() -> int:
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+
+        def watch_stdin() -> None:  # end of input: the console that started us is gone
+            with contextlib.suppress(Exception):
+                sys.stdin.read()
+            if task is not None:
+                with contextlib.suppress(RuntimeError):  # the loop has already finished
+                    loop.call_soon_threadsafe(task.cancel)
+
+        threading.Thread(target=watch_stdin, name="catch-up-stdin", daemon=True).start()
+        try:
+            return await catch_up(params, sys.stdout)
+        except asyncio.CancelledError:
+            print("switchboard catch-up helper: the console went away; stopped", file=sys.stderr)
+            return EXIT_FAILED
+        except Exception as exc:
+            print(f"switchboard catch-up helper: {exc.__class__.__name__}: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+
+    return asyncio.run(run())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
