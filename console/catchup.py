@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import sys
 import threading
 import time
@@ -54,6 +55,9 @@ CHUNK: Final = 16
 READ_AHEAD: Final = 64
 """Frames read ahead of the writer (an ``events`` frame of the replay holds a few hundred events); beyond this the
 socket is not read and TCP slows the bridge down."""
+
+HELPER_NICE: Final = 5
+"""The helper's scheduling niceness, added to the console's: on a busy machine the agent's keys come first."""
 
 EXIT_CAUGHT_UP: Final = 0
 EXIT_FAILED: Final = 1
@@ -187,6 +191,8 @@ async def catch_up(params: dict[str, Any], out: TextIO) -> int:
 
 
 def main() -> int:
+    with contextlib.suppress(OSError, AttributeError):  # not everywhere, and only speed is at stake
+        os.nice(HELPER_NICE)
     try:
         params = json.loads(sys.stdin.readline())
         if not isinstance(params, dict) or not all(isinstance(params.get(k), str) for k in ("url", "token", "cache")):

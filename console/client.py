@@ -13,6 +13,9 @@ States, as the UI shows them (``LinkStatus.state``)::
     terminal (run() returns, no retries): TOKEN_REJECTED (401/403, close 4401), WRONG_BRIDGE (409),
     BAD_URL (not a bridge URL, or not a bridge there), REFUSED (another 4xx, e.g. 400 on a corrupt cursor)
 
+A long catch-up (``catch_up_helper``, as the console runs: HELPER_FROM events or more behind) runs in a helper
+process, console/catchup.py, while this link shows its progress; the link then resumes from the helper's cursor.
+
 Commands go to the cache's outbox first (durable), then out on the socket once the stream is caught up, in the order
 they were made and always with the same id; every (re)connection resends whatever is still pending. The bridge runs
 an id at most once and answers a resend with its first answer, so a command is carried out exactly once.

@@ -1193,6 +1193,8 @@ def child_main(phase: str, result_path: Path, params: dict[str, Any]) -> int:
     probe: Probe | None = None
     try:
         started = time.perf_counter()
+        import sqlite_utils.migrations  # noqa: F401 - imported by the first Cache() (the catch-up helper skips it)
+
         import console.app  # noqa: F401 - timed: the console's imports (Textual, Rich, SQLite helpers)
 
         imported = time.perf_counter()
