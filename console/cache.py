@@ -245,6 +245,25 @@ def m005_no_sid_index(db: sqlite_utils.Database) -> None:
     db.execute("DROP INDEX messages_by_sid")
 
 
+_THREAD_KEY = "substr(conversation_id, 3, 8)"
+"""Eight characters of a conversation id (``CV`` + hex of a hash): what the thread index is keyed on."""
+_IN_THREAD = f"{_THREAD_KEY} = substr(?, 3, 8) AND +conversation_id = ?"
+"""A thread's messages, through ``messages_by_thread`` (parameters: the conversation id, twice). The ``+`` keeps
+SQLite from substituting the id into the indexed expression (its constant propagation), which would stop it from
+matching the index; the full id then filters out another conversation whose eight characters are the same."""
+
+
+@_migration
+def m006_short_thread_index(db: sqlite_utils.Database) -> None:
+    # Threads are read through an index on eight characters of the conversation id and the position, instead of the
+    # whole 34-character id: a third of the size (5,100 pages against 13,600 on a 1M-message cache). A catch-up's
+    # texts land in random conversations, so each dirties an index page; with a third as many pages, a transaction
+    # writes back a third as much (100k events into that cache, the SQL alone: inserts 0.61–0.67 s against
+    # 0.89–0.93, the log 50 MB against 86). Building it took 1.7 s on that cache.
+    db.execute(f"CREATE INDEX messages_by_thread ON messages ({_THREAD_KEY}, pos)")
+    db.execute("DROP INDEX messages_by_conversation")
+
+
 # Delivery status precedence, as the bridge applies it (statuses arrive already resolved; this guards replays).
 _FAILED = {"failed", "undelivered"}
 
@@ -584,8 +603,8 @@ class Cache:
 
     def messages(self, conversation_id: str, limit: int = 200, before_pos: int | None = None) -> list[MessageRow]:
         """A page of a thread, oldest first, ending just before ``before_pos`` (or at the newest)."""
-        sql = f"SELECT {_MESSAGE_COLUMNS} FROM messages m WHERE conversation_id = ?"
-        params: list[Any] = [conversation_id]
+        sql = f"SELECT {_MESSAGE_COLUMNS} FROM messages m WHERE {_IN_THREAD}"
+        params: list[Any] = [conversation_id, conversation_id]
         if before_pos is not None:
             sql += " AND pos < ?"
             params.append(before_pos)
@@ -597,8 +616,8 @@ class Cache:
 
     def messages_from(self, conversation_id: str, from_pos: int, limit: int = 200) -> list[MessageRow]:
         """A page of a thread, oldest first, starting at ``from_pos`` (for jumping to a search hit)."""
-        sql = f"SELECT {_MESSAGE_COLUMNS} FROM messages m WHERE conversation_id = ? AND pos >= ? ORDER BY pos LIMIT ?"
-        return [_message(r) for r in self.conn().execute(sql, (conversation_id, from_pos, limit))]
+        sql = f"SELECT {_MESSAGE_COLUMNS} FROM messages m WHERE {_IN_THREAD} AND pos >= ? ORDER BY pos LIMIT ?"
+        return [_message(r) for r in self.conn().execute(sql, (conversation_id, conversation_id, from_pos, limit))]
 
     def search(self, text: str, limit: int = 50) -> list[MessageRow]:
         """Full-text search over every cached message, newest first."""

@@ -263,3 +263,52 @@ def test_the_inbox_version_moves_when_a_conversation_comes_or_changes_status_or_
     assert cache.inbox_version == 3
     cache.apply([received(6, "reopened by the bridge's own status event, not by this text")])
     assert cache.inbox_version == 3
+
+
+def test_threads_are_read_through_the_short_index_and_kept_apart_when_their_keys_collide(tmp_path: Path) -> None:
+    cache = Cache(tmp_path / "c.db")
+    # Two conversations whose ids share the eight characters the thread index is keyed on.
+    ids = ["CVdeadbeef" + "1" * 24, "CVdeadbeef" + "2" * 24]
+    events = []
+    for seq in range(1, 41):
+        event = received(seq, f"text {seq}")
+        events.append(protocol.Event(event.seq, event.type, event.ts, {**event.data, "conversation_id": ids[seq % 2]}))
+    cache.apply(events)
+    odd = [m.body for m in cache.messages(ids[1], limit=100)]
+    assert odd == [f"text {n}" for n in range(1, 41, 2)]
+    assert [m.body for m in cache.messages(ids[0], limit=5, before_pos=30)] == [
+        f"text {n}" for n in (20, 22, 24, 26, 28)
+    ]
+    assert [m.body for m in cache.messages_from(ids[1], from_pos=31, limit=3)] == ["text 31", "text 33", "text 35"]
+    conn = cache.conn()
+    for sql in (
+        f"SELECT pos FROM messages m WHERE {cache_module._IN_THREAD} AND pos < ? ORDER BY pos DESC LIMIT 5",
+        f"SELECT pos FROM messages m WHERE {cache_module._IN_THREAD} AND pos >= ? ORDER BY pos LIMIT 5",
+    ):
+        plan = " ".join(str(row[3]) for row in conn.execute("EXPLAIN QUERY PLAN " + sql, [ids[0], ids[0], 1]))
+        assert "messages_by_thread" in plan and "TEMP B-TREE" not in plan, plan
+
+
+def test_a_cache_from_before_the_short_thread_index_keeps_its_threads(tmp_path: Path) -> None:
+    import sqlite3
+
+    import sqlite_utils
+    from sqlite_utils.migrations import Migrations
+
+    path = tmp_path / "old.db"
+    old = Migrations("switchboard-console")  # the cache's migrations as they were before m006
+    for fn in cache_module._MIGRATIONS[: cache_module._MIGRATIONS.index(cache_module.m006_short_thread_index)]:
+        old()(fn)
+    conn = sqlite3.connect(path)
+    old.apply(sqlite_utils.Database(conn))
+    conn.close()
+    earlier = Cache(path, migrate=False)
+    earlier.apply([received(n, f"text {n}") for n in range(1, 6)])
+    earlier.close()
+
+    cache = Cache(path)
+    indexes = {row[0] for row in cache.conn().execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert "messages_by_thread" in indexes and "messages_by_conversation" not in indexes
+    assert [m.body for m in cache.messages(CID)] == [f"text {n}" for n in range(1, 6)]
+    cache.apply([received(6, "text 6")])
+    assert [m.body for m in cache.messages(CID, limit=2)] == ["text 5", "text 6"]
