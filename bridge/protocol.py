@@ -450,13 +450,7 @@ ServerFrame = Event | list[Event] | Result | Signal | dict[str, Any]
 def parse_server_frame(text: str | bytes) -> ServerFrame:
     """Read a frame the bridge sent: an Event, a list of them (an ``events`` frame), a Result, a Signal, or the
     control frame as a dict."""
-    return read_server_frame(_load(text))
-
-
-def read_server_frame(frame: object) -> ServerFrame:
-    """``parse_server_frame`` for a frame already decoded from JSON (by a faster decoder than this module's)."""
-    if not isinstance(frame, dict):
-        raise ProtocolError("bad_frame", "a frame must be a JSON object")
+    frame = _load(text)
     kind = frame.get("type")
     if "seq" in frame:
         return _event(frame)

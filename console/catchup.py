@@ -42,7 +42,7 @@ from websockets.asyncio.client import connect
 
 from bridge import protocol
 from console.cache import Cache
-from console.client import CATCH_UP_CACHE_KIB, OPEN_TIMEOUT, parse_frame, stream_url
+from console.client import CATCH_UP_CACHE_KIB, OPEN_TIMEOUT, stream_url
 
 COMMIT_EVERY: Final = 100_000
 """Most events in one transaction. 100k events into a 1M-message cache, the SQL alone: 2.1 s in one transaction
@@ -94,7 +94,7 @@ class _Writer:
         caught_up = False
         try:
             for raw in raws:
-                frame = parse_frame(raw)
+                frame = protocol.parse_server_frame(raw)
                 if isinstance(frame, protocol.Event):
                     events.append(frame)
                 elif isinstance(frame, list):

@@ -44,7 +44,6 @@ from types import TracebackType
 from typing import Any, Final, NoReturn, TypeVar
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
-import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
@@ -580,7 +579,7 @@ class BridgeLink:
         try:
             while True:
                 raw = await ws.recv()
-                await frames.put(parse_frame(raw))
+                await frames.put(protocol.parse_server_frame(raw))
                 count += 1
                 if count % 256 == 0:
                     await asyncio.sleep(0)  # a long burst from the buffer must not starve the UI
@@ -1128,18 +1127,6 @@ async def _tail(stream: asyncio.StreamReader, keep: int = 4096) -> bytes:
     while chunk := await stream.read(65536):
         kept = (kept + chunk)[-keep:]
     return kept
-
-
-def parse_frame(raw: str | bytes) -> protocol.ServerFrame:
-    """A frame from the bridge, decoded with orjson (~3x the json module's speed on a long catch-up's 36 MB); what
-    orjson refuses and the json module takes (a lone surrogate, NaN) goes through protocol.py, which accepts it or
-    raises ProtocolError as it always has. (orjson reads an integer beyond 64 bits as a float; the bridge's integers
-    are SQLite's, 64-bit.)"""
-    try:
-        frame = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return protocol.parse_server_frame(raw)
-    return protocol.read_server_frame(frame)
 
 
 def _fetch_head(url: str) -> int | None:

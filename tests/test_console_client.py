@@ -45,7 +45,6 @@ from console.client import (
     BridgeLink,
     LinkState,
     LinkStatus,
-    parse_frame,
     read_outbox,
     stream_url,
 )
@@ -533,27 +532,6 @@ def test_stream_urls() -> None:
 
 
 # -- backoff ----------------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "raw",
-    [
-        '{"type":"events","events":[{"seq":1,"type":"message.received","ts":"t","data":{"body":"h\u00e9 [b]x[/b]"}}]}',
-        '{"seq":2,"type":"message.received","ts":"t","data":{"body":"lone \\ud800 surrogate","n":NaN}}',
-        '{"seq":3,"type":"x","ts":"t","data":{"big":9223372036854775807,"small":-9223372036854775808}}',
-        '{"type":"caught_up","head":7}',
-        '{"type":"result","id":"c-1","ok":true,"data":{"sid":"SM1"}}',
-    ],
-)
-def test_frames_read_the_same_whichever_decoder_reads_them(raw: str) -> None:
-    assert parse_frame(raw) == protocol.parse_server_frame(raw)
-    assert parse_frame(raw.encode()) == protocol.parse_server_frame(raw)
-
-
-@pytest.mark.parametrize("raw", ["not json", "[1, 2]", '{"type":"events","events":[]}', '{"seq":"1"}'])
-def test_unreadable_frames_are_protocol_errors_whichever_decoder_reads_them(raw: str) -> None:
-    with pytest.raises(protocol.ProtocolError):
-        parse_frame(raw)
 
 
 def test_backoff_starts_short_doubles_with_jitter_and_caps() -> None:
