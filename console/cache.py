@@ -481,8 +481,6 @@ class Cache:
         self._local = threading.local()
         self._local.conn = conn
         self.checkpoints = _Checkpointer(path)
-        self._held: _Held | None = None
-        """The transaction apply(commit=False) left open, if any (the write lock is held meanwhile)."""
         self.inbox_version = 0
         """Moves on when an applied batch adds a conversation or changes one's status or assignee (what the inbox's
         filters select on), so a count taken at the same version still holds."""
@@ -519,25 +517,28 @@ class Cache:
         Events at or before the cursor are skipped (a replay overlap); a gap raises, so nothing is ever skipped.
         Returns the events applied.
 
-        With ``commit=False`` the transaction stays open and the next ``apply`` continues it, on the same thread;
-        the first call with ``commit=True`` commits everything since it opened. A long catch-up (the catch-up
-        helper's) streams that way: each index page is written once per transaction and each conversation updated
-        once, while only one call's events are in memory. Any failure rolls the whole open transaction back.
+        With ``commit=False`` the transaction stays open (and the write lock held) and the thread's next ``apply``
+        continues it; its first call with ``commit=True`` commits everything since it opened. A long catch-up (the
+        catch-up helper's) streams that way: each index page is written once per transaction and each conversation
+        updated once, while only one call's events are in memory. Any failure rolls the whole open transaction
+        back. Other threads' writes wait for the write lock meanwhile, as they wait for any transaction.
         """
-        held = self._held
+        held: _Held | None = getattr(self._local, "held", None)
         if held is None:
-            self._write_lock.acquire()
+            self._write_lock.acquire()  # another thread's open transaction is waited for, like any other
             try:
                 conn = self.conn()
                 conn.execute("BEGIN IMMEDIATE")
-                held = _Held(conn, _Batch(conn), self.cursor())
+                try:
+                    held = _Held(conn, _Batch(conn), self.cursor())
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
             except BaseException:
                 self._write_lock.release()
                 raise
-        elif held.conn is not self.conn():
-            raise RuntimeError("a transaction left open by apply(commit=False) belongs to another thread")
         conn, batch = held.conn, held.batch
-        self._held = None
+        self._local.held = None
         try:
             cursor = held.cursor
             applied = []
@@ -552,7 +553,7 @@ class Cache:
             held.cursor = cursor
             if not commit:
                 batch.flush_rows()  # the texts go to SQLite now; only the conversations' summaries wait
-                self._held = held
+                self._local.held = held
                 return applied
             batch.flush()
             batch.prune_depth()
@@ -567,7 +568,7 @@ class Cache:
             conn.execute("ROLLBACK")
             raise
         finally:
-            if self._held is None:
+            if self._local.held is None:
                 self._write_lock.release()
         if batch.inbox_changed:
             self.inbox_version += 1
@@ -813,11 +814,15 @@ class Cache:
         )
 
     def close(self) -> None:
+        """Close this thread's connection (a transaction it left open is rolled back)."""
         self.checkpoints.close()
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is not None:
             conn.close()
             self._local.conn = None
+        if getattr(self._local, "held", None) is not None:
+            self._local.held = None
+            self._write_lock.release()
 
 
 _CALL_READ = (
