@@ -103,6 +103,8 @@ class SwitchboardApp(App[None]):
             self.agent = agent
             self.cache.set_meta("agent", agent)
         detail = status.detail
+        if status.state is LinkState.CATCHING_UP and status.progress is not None:
+            detail = f"{detail} {status.progress:.0%}"
         if status.state == LinkState.RECONNECTING and status.retry_in is not None:
             detail = (
                 f"next try in {status.retry_in:.0f} s — {detail}" if detail else f"next try in {status.retry_in:.0f} s"

@@ -151,6 +151,9 @@ class LinkStatus:
     """True once a connection has been caught up since the link was made."""
     agent: str | None = None
     """The agent the token belongs to, as the bridge said when the stream caught up."""
+    reached: int | None = None
+    """The last event a catch-up has applied but not yet committed (the catch-up helper commits in large
+    transactions), when beyond ``cursor``."""
 
     @property
     def terminal(self) -> bool:
@@ -180,7 +183,8 @@ class LinkStatus:
         start = self.cursor - self.applied
         if self.head <= start:
             return 1.0
-        return min(1.0, max(0.0, (self.cursor - start) / (self.head - start)))
+        at = max(self.cursor, self.reached or 0)
+        return min(1.0, max(0.0, (at - start) / (self.head - start)))
 
     def describe(self, now: float | None = None) -> str:
         """The status line: the detail, with the countdown to the next attempt when there is one."""
@@ -775,12 +779,16 @@ class BridgeLink:
                     break
                 try:
                     progress = json.loads(line)
+                    if "reached" in progress:  # applied, not yet committed: progress only
+                        reached = int(progress["reached"])
+                        self._update(reached=reached, head=max(head, reached))
+                        continue
                     cursor = int(progress["cursor"])
                     touched = frozenset(str(c) for c in progress["conversations"])
                 except (ValueError, KeyError, TypeError):
                     log.warning("the catch-up helper said something unexpected: %r", line[:200])
                     continue
-                self._update(cursor=cursor, head=max(head, cursor), applied=cursor - start)
+                self._update(cursor=cursor, head=max(head, cursor), applied=cursor - start, reached=None)
                 # No events: the UI cannot tell what kind changed, so it repaints the calls too.
                 self._call(self.on_batch, AppliedBatch((), cursor, True, touched))
         finally:
@@ -788,6 +796,7 @@ class BridgeLink:
                 await _end_helper(proc)
             finally:
                 self.helper = None
+                self._update(reached=None)  # what was not committed is rolled back
                 self.cache.checkpoints.paused = False  # the connection that follows pauses them while it catches up
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(FINISH_TIMEOUT):

@@ -940,6 +940,33 @@ async def test_a_helper_killed_mid_catch_up_loses_nothing_and_the_console_finish
     assert message_counts(cache) == (3000, 3000, 3000)
 
 
+# The helper as it runs, but committing only at the end and saying how far it got after every frame.
+HELPER_ONE_TRANSACTION = """
+import sys
+import console.catchup as helper
+
+helper.COMMIT_EVERY, helper.COMMIT_AFTER, helper.PROGRESS_EVERY, helper.CHUNK = 10**9, 1e9, 0.0, 1
+sys.exit(helper.main())
+"""
+
+
+async def test_the_helpers_progress_shows_before_its_transaction_commits(world: World) -> None:
+    seed_log(world.settings, 3000)
+    await world.bridge.start()
+    cache = world.cache()
+    command = (sys.executable, "-c", HELPER_ONE_TRANSACTION)
+    seen = world.link(cache, catch_up_helper=True, helper_from=1000, helper_command=command)
+    seen.link.start()
+    connected = await seen.reach(LinkState.CONNECTED, timeout=30)
+
+    midway = [s for s in seen.statuses if s.state is LinkState.CATCHING_UP and s.reached is not None]
+    assert midway and all(s.cursor == 0 and 0 < s.reached < 3000 for s in midway)  # type: ignore[operator]
+    progress = [s.progress or 0.0 for s in midway]
+    assert progress == sorted(progress) and 0 < progress[0] < progress[-1] < 1
+    assert [b.cursor for b in seen.batches if not b.events] == [3000]  # one commit
+    assert connected.reached is None and connected.progress == 1.0 and cache.cursor() == 3000
+
+
 async def test_stopping_the_console_mid_catch_up_ends_the_helper(world: World) -> None:
     seed_log(world.settings, 3000)
     await world.bridge.start()
