@@ -38,11 +38,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final, TextIO
 
-from websockets.asyncio.client import connect
-
 from bridge import protocol
 from console.cache import Cache
-from console.client import CATCH_UP_CACHE_KIB, OPEN_TIMEOUT, stream_url
+from console.client import CATCH_UP_CACHE_KIB, open_stream
 
 COMMIT_EVERY: Final = 100_000
 """Most events in one transaction. 100k events into a 1M-message cache, the SQL alone: 2.1 s in one transaction
@@ -152,16 +150,7 @@ async def catch_up(params: dict[str, Any], out: TextIO) -> int:
     writer = _Writer(cache, out, until if isinstance(until, int) else None)
     try:
         cursor = await writer.run(writer.start)
-        async with connect(
-            stream_url(params["url"], cursor),
-            additional_headers={"Authorization": f"Bearer {params['token']}"},
-            user_agent_header="switchboard-console-catch-up/0.1",
-            open_timeout=OPEN_TIMEOUT,
-            ping_interval=20,
-            ping_timeout=20,
-            close_timeout=2,
-            max_size=4 * 1024 * 1024,
-        ) as ws:
+        async with open_stream(params["url"], params["token"], cursor, "switchboard-console-catch-up/0.1") as ws:
             frames: asyncio.Queue[str | bytes | Exception] = asyncio.Queue(READ_AHEAD)
 
             async def read() -> None:

@@ -233,6 +233,21 @@ def stream_url(bridge_url: str, after: int) -> str:
     return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/") + "/v1/stream", f"after={after}&batch=1", ""))
 
 
+def open_stream(bridge_url: str, token: str, after: int, agent: str = "switchboard-console/0.1") -> connect:
+    """The stream from ``after`` (``batch=1``), as every console connection opens it: ``await`` it, or use it as
+    an async context manager. Raises what websockets raises (see ``BridgeLink._connect_once`` for what each means)."""
+    return connect(
+        stream_url(bridge_url, after),
+        additional_headers={"Authorization": f"Bearer {token}"},
+        user_agent_header=agent,
+        open_timeout=OPEN_TIMEOUT,
+        ping_interval=20,
+        ping_timeout=20,
+        close_timeout=2,
+        max_size=4 * 1024 * 1024,
+    )
+
+
 def health_url(bridge_url: str) -> str:
     parts = _bridge_parts(bridge_url)
     scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
@@ -529,19 +544,9 @@ class BridgeLink:
             await self._catch_up_in_helper()
         cursor = await self._db(self.cache.cursor)
         self._update(cursor=cursor, applied=0)
-        url = stream_url(self.bridge_url, cursor)
         host = _host(self.bridge_url)
         try:
-            ws = await connect(
-                url,
-                additional_headers={"Authorization": f"Bearer {self.token}"},
-                user_agent_header="switchboard-console/0.1",
-                open_timeout=OPEN_TIMEOUT,
-                ping_interval=20,
-                ping_timeout=20,
-                close_timeout=2,
-                max_size=4 * 1024 * 1024,
-            )
+            ws = await open_stream(self.bridge_url, self.token, cursor)
         except InvalidStatus as exc:
             raise _refusal(exc, host, cursor) from None
         except InvalidURI as exc:

@@ -883,12 +883,19 @@ def message_counts(cache: Cache) -> tuple[int, int, int]:
     return int(rows), int(ids), int(counted)
 
 
-async def test_a_long_catch_up_runs_in_the_helper_process_and_the_console_takes_over_live(world: World) -> None:
-    seed_log(world.settings, 3000)
+async def far_behind(world: World, events: int, command: tuple[str, ...] | None = None) -> tuple[Cache, Recorder]:
+    """A bridge ``events`` ahead of an empty cache, and a link started on it that hands a catch-up of 1000 events
+    or more to the helper (``command`` instead of the real one, if given)."""
+    seed_log(world.settings, events)
     await world.bridge.start()
     cache = world.cache()
-    seen = world.link(cache, catch_up_helper=True, helper_from=1000)
+    seen = world.link(cache, catch_up_helper=True, helper_from=1000, helper_command=command)
     seen.link.start()
+    return cache, seen
+
+
+async def test_a_long_catch_up_runs_in_the_helper_process_and_the_console_takes_over_live(world: World) -> None:
+    cache, seen = await far_behind(world, 3000)
     connected = await seen.reach(LinkState.CONNECTED, timeout=30)
 
     assert cache.cursor() == 3000 and connected.cursor == 3000 and connected.head == 3000
@@ -909,11 +916,7 @@ async def test_a_long_catch_up_runs_in_the_helper_process_and_the_console_takes_
 
 
 async def test_a_short_catch_up_stays_in_the_console(world: World) -> None:
-    seed_log(world.settings, 300)
-    await world.bridge.start()
-    cache = world.cache()
-    seen = world.link(cache, catch_up_helper=True, helper_from=1000)
-    seen.link.start()
+    _, seen = await far_behind(world, 300)
     await seen.reach(LinkState.CONNECTED)
     assert world.attempts == ["after=0&batch=1"]
     assert [e.seq for b in seen.batches for e in b.events] == list(range(1, 301))
@@ -921,12 +924,7 @@ async def test_a_short_catch_up_stays_in_the_console(world: World) -> None:
 
 @pytest.mark.parametrize("where", ["after-commit", "mid-transaction"])
 async def test_a_helper_killed_mid_catch_up_loses_nothing_and_the_console_finishes(world: World, where: str) -> None:
-    seed_log(world.settings, 3000)
-    await world.bridge.start()
-    cache = world.cache()
-    command = (sys.executable, "-c", HELPER_KILLED, where)
-    seen = world.link(cache, catch_up_helper=True, helper_from=1000, helper_command=command)
-    seen.link.start()
+    cache, seen = await far_behind(world, 3000, (sys.executable, "-c", HELPER_KILLED, where))
     await seen.reach(LinkState.CONNECTED, timeout=30)
 
     # The helper committed its first transaction (500 events or a little more: what had arrived) and, killed in
@@ -951,12 +949,7 @@ sys.exit(helper.main())
 
 
 async def test_the_helpers_progress_shows_before_its_transaction_commits(world: World) -> None:
-    seed_log(world.settings, 3000)
-    await world.bridge.start()
-    cache = world.cache()
-    command = (sys.executable, "-c", HELPER_ONE_TRANSACTION)
-    seen = world.link(cache, catch_up_helper=True, helper_from=1000, helper_command=command)
-    seen.link.start()
+    cache, seen = await far_behind(world, 3000, (sys.executable, "-c", HELPER_ONE_TRANSACTION))
     connected = await seen.reach(LinkState.CONNECTED, timeout=30)
 
     midway = [s for s in seen.statuses if s.state is LinkState.CATCHING_UP and s.reached is not None]
@@ -968,13 +961,8 @@ async def test_the_helpers_progress_shows_before_its_transaction_commits(world: 
 
 
 async def test_stopping_the_console_mid_catch_up_ends_the_helper(world: World) -> None:
-    seed_log(world.settings, 3000)
-    await world.bridge.start()
-    cache = world.cache()
     # A helper that never commits: it waits (for its input to end) as a slow one would.
-    command = (sys.executable, "-c", "import sys; sys.stdin.read()")
-    seen = world.link(cache, catch_up_helper=True, helper_from=1000, helper_command=command)
-    seen.link.start()
+    cache, seen = await far_behind(world, 3000, (sys.executable, "-c", "import sys; sys.stdin.read()"))
     await until(lambda: seen.link.helper is not None, "the helper to start")
     helper = seen.link.helper
     assert helper is not None and seen.link.status.state is LinkState.CATCHING_UP

@@ -251,19 +251,18 @@ class ConversationList(ScrollView, can_focus=True):
     def render_lines(self, crop: Region) -> list[Strip]:
         # What every line of this frame shares, read once: the widget's style alone walks its ancestors (~50 µs,
         # more than drawing a line that is already in ``_drawn``).
-        self._frame = (self.scrollable_content_region.width, self.rich_style, self._now.astimezone(self.tz).date())
+        self._frame = self._frame_facts()
         try:
             return super().render_lines(crop)
         finally:
             self._frame = None
 
+    def _frame_facts(self) -> tuple[int, Style, date]:
+        return self.scrollable_content_region.width, self.rich_style, self._now.astimezone(self.tz).date()
+
     def render_line(self, y: int) -> Strip:
         index = int(self.scroll_offset.y) + y
-        width, base, today = self._frame or (
-            self.scrollable_content_region.width,
-            self.rich_style,
-            self._now.astimezone(self.tz).date(),
-        )
+        width, base, today = self._frame or self._frame_facts()
         if index >= self.count:
             return Strip.blank(width, base)
         row = self._rows.get(index)
