@@ -43,13 +43,14 @@ from console.cache import Cache
 from console.client import CATCH_UP_CACHE_KIB, open_stream
 
 COMMIT_EVERY: Final = 100_000
-"""Most events in one transaction. 100k events into a 1M-message cache, the SQL alone: 2.1 s in one transaction
-against 3.2 s in 20,000-event ones (the indexes' pages written once instead of five times)."""
+"""Most events in one transaction. 100k events into a 1M-message cache, the same SQL replayed by a one-off
+prototype: 2.1 s in one transaction against 3.2 s in 20,000-event ones (the indexes' pages written once instead of
+five times)."""
 COMMIT_AFTER: Final = 10.0
 """Seconds a transaction may stay open, however few its events (a slow machine still shows the inbox move). Each
-commit costs: 100k events into the 1M-message cache, the helper alone, took 3.3 s in one transaction against
-4.5–4.7 s in two (committing every 1.5 s), the second writing back most of the pages the first had; through the
-console's link against a real bridge, alternating, 4.05–5.15 s against 4.50–5.02 s. Progress shows meanwhile."""
+commit costs, the next writing back most of the pages the last had: 100k events into the 1M-message cache took
+3.55 / 3.94 s in one transaction against 4.65 / 4.40 s committing every 1.5 s (``tests.bench.profile_catchup``,
+``--commit-after 1.5``, alternating). Progress shows meanwhile."""
 PROGRESS_EVERY: Final = 0.5
 """Seconds between progress lines for events applied but not yet committed (the console's status line)."""
 CHUNK: Final = 16
@@ -70,7 +71,7 @@ class _Writer:
     """Reads frames and applies their events on a thread of its own, in transactions of up to COMMIT_EVERY events
     or COMMIT_AFTER seconds. Frames are parsed here too: the event loop only moves bytes, so the two threads seldom
     want the interpreter lock at once (parsing on the loop made each wait for the other: 5.5–6.1 s against 4.2–5.4 s
-    for everything on one thread)."""
+    for everything on one thread, timed as ``tests.bench.profile_catchup`` does, before it was kept)."""
 
     def __init__(self, cache: Cache, out: TextIO, until: int | None) -> None:
         self.cache = cache
