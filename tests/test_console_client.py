@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import random
 import socket
@@ -971,3 +972,21 @@ async def test_stopping_the_console_mid_catch_up_ends_the_helper(world: World) -
     after: LinkStatus = seen.link.status
     assert helper.returncode is not None and seen.link.helper is None
     assert after.state is LinkState.OFFLINE and cache.cursor() == 0
+
+
+async def test_the_helper_turns_the_collector_off_while_it_catches_up_and_back_on_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from console import catchup
+
+    seen: list[bool] = []
+
+    async def replay(params: dict[str, Any], out: Any) -> int:
+        seen.append(gc.isenabled())
+        raise ConnectionError("the bridge went away")
+
+    monkeypatch.setattr(catchup, "_catch_up", replay)
+    assert gc.isenabled()
+    with pytest.raises(ConnectionError):
+        await catchup.catch_up({"url": "http://127.0.0.1:9", "token": "t", "cache": str(tmp_path / "c.db")}, None)
+    assert seen == [False] and gc.isenabled()
