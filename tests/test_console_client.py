@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import io
 import json
 import random
 import socket
@@ -988,5 +989,6 @@ async def test_the_helper_turns_the_collector_off_while_it_catches_up_and_back_o
     monkeypatch.setattr(catchup, "_catch_up", replay)
     assert gc.isenabled()
     with pytest.raises(ConnectionError):
-        await catchup.catch_up({"url": "http://127.0.0.1:9", "token": "t", "cache": str(tmp_path / "c.db")}, None)
+        params = {"url": "http://127.0.0.1:9", "token": "t", "cache": str(tmp_path / "c.db")}
+        await catchup.catch_up(params, io.StringIO())
     assert seen == [False] and gc.isenabled()
