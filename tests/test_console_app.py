@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import re
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, timedelta
@@ -376,3 +378,35 @@ async def test_a_burst_of_texts_reloads_the_inbox_at_once_then_once_more_after_t
         top = inbox._rows[0]
         assert top.last_preview == "burst text 29" and inbox.count == cache.inbox_count(inbox.inbox)
         assert not inbox.reloading
+
+
+async def test_garbage_is_collected_between_keys_not_during_them(cache: Cache, monkeypatch: pytest.MonkeyPatch) -> None:
+    from console import app as app_module
+
+    monkeypatch.setattr(app_module, "FREEZE_AFTER", 3600.0)  # this process is pytest's: its heap stays as it is
+    monkeypatch.setattr(app_module, "QUIET_BEFORE_COLLECTING", 0.3)
+    monkeypatch.setattr(app_module, "COLLECT_TICK", 0.02)
+    collections: list[float] = []
+    real_collect = gc.collect
+
+    def collect(generation: int = 2) -> int:
+        collections.append(time.monotonic())
+        return real_collect(generation)
+
+    monkeypatch.setattr(gc, "collect", collect)
+    app = SwitchboardApp(cache, ConsoleConfig(), clock=frozen_clock, tz=UTC, freeze_heap=True)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        assert not gc.isenabled()  # it runs when the console says, not in the middle of a key
+        pressed = []
+        for _ in range(6):  # keys 0.1 s apart: never quiet for long enough
+            _ = [[] for _ in range(2000)]  # garbage enough for a collection
+            pressed.append(time.monotonic())
+            await pilot.press("j")
+            await pilot.pause(0.1)
+        during = [t for t in collections if pressed[0] + 0.05 < t < pressed[-1]]
+        _ = [[] for _ in range(2000)]
+        await pilot.pause(0.6)
+        assert during == []
+        assert any(t >= app._last_input + 0.3 for t in collections)  # once the keys stopped
+    assert gc.isenabled()

@@ -1142,9 +1142,14 @@ def what_if_no_gc_while_catching_up() -> None:
     from console.client import BridgeLink
 
     original = BridgeLink._catch_up_mode
+    was = [gc.isenabled()]
 
     def catch_up_mode(link: Any, on: bool) -> None:
-        (gc.disable if on else gc.enable)()
+        if on:
+            was[0] = gc.isenabled()
+            gc.disable()
+        elif was[0]:
+            gc.enable()
         original(link, on)
 
     patch(BridgeLink, "_catch_up_mode", catch_up_mode)
@@ -1159,10 +1164,14 @@ def what_if_frames_at_60() -> None:
 
 
 def what_if_no_gc() -> None:
-    """The cyclic garbage collector off for the whole phase: how much of the tail is its collections."""
+    """The cyclic garbage collector off for the whole phase, the console's own collections between keys too:
+    how much of the tail is collections."""
     import gc
 
+    from console.app import SwitchboardApp
+
     gc.disable()
+    patch(SwitchboardApp, "_collect_when_quiet", lambda app: None)
 
 
 WHAT_IFS: dict[str, Callable[[], None]] = {
