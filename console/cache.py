@@ -7,6 +7,7 @@ the bridge is away. No textual import: screens call these functions from thread 
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import sqlite3
 import threading
@@ -1028,8 +1029,9 @@ class _Batch:
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
-        self.messages: list[list[Any]] = []
-        """Texts not yet inserted, in order (``_MESSAGE_INSERT``'s columns): one executemany per batch."""
+        self.messages: list[list[Any] | tuple[Any, ...]] = []
+        """Texts not yet inserted, in order: replies as lists of ``_MESSAGE_INSERT``'s columns (see ``unsent``),
+        texts in as tuples of ``_INBOUND_INSERT``'s; one executemany per run of either."""
         self.unsent: dict[str, list[Any]] = {}
         """Replies among ``messages``, by id: Twilio's SID and status, when they come in the same batch, are
         folded into the row instead of updating it after."""
@@ -1110,7 +1112,9 @@ class _Batch:
                 self.inbox_changed = True
             self.new_rows.clear()
         if self.messages:
-            self.conn.executemany(_MESSAGE_INSERT, self.messages)
+            # In order (a message's position is its place in its thread), each run of texts in or out at once.
+            for kind, rows in itertools.groupby(self.messages, key=type):
+                self.conn.executemany(_INBOUND_INSERT if kind is tuple else _MESSAGE_INSERT, rows)
             self.messages.clear()
             self.unsent.clear()
 
@@ -1139,6 +1143,13 @@ _MESSAGE_INSERT = (
     "agent, at, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO NOTHING"
 )
 _SID, _STATUS, _ERROR_CODE, _ERROR_MESSAGE = 1, 6, 7, 8  # in a row of _MESSAGE_INSERT
+_INBOUND_INSERT = (
+    "INSERT INTO messages (id, sid, conversation_id, direction, body, media, status, at, seq) "
+    "VALUES (?, ?, ?, 'inbound', ?, ?, 'received', ?, ?) ON CONFLICT(id) DO NOTHING"
+)
+"""An inbound text's row (a tuple): the columns it leaves NULL are not bound. sqlite3 binds a None through its
+adapter lookup; with the constants written in, 100k rows bind in ~0.3 s instead of ~0.5 s (a one-off comparison
+of the two statements into an in-memory table)."""
 
 
 def _apply_one(batch: _Batch, event: protocol.Event) -> None:
@@ -1151,24 +1162,27 @@ def _apply_one(batch: _Batch, event: protocol.Event) -> None:
         summary = batch.conversation(d, at)
         body = d.get("body", "")
         media = d.get("media") or []
-        row = [
-            d["message_id"],
-            d.get("message_sid") if inbound else None,
-            d["conversation_id"],
-            "inbound" if inbound else "outbound",
-            body,
-            json.dumps(media) if media else "[]",
-            "received" if inbound else d.get("status", "sending"),
-            None,
-            None,
-            None if inbound else d.get("agent"),
-            at,
-            event.seq,
-        ]
-        batch.messages.append(row)
+        shown = json.dumps(media) if media else "[]"
         if inbound:
+            row_in = (d["message_id"], d.get("message_sid"), d["conversation_id"], body, shown, at, event.seq)
+            batch.messages.append(row_in)
             summary.inbound(at, _preview(body, media))
         else:
+            row = [
+                d["message_id"],
+                None,
+                d["conversation_id"],
+                "outbound",
+                body,
+                shown,
+                d.get("status", "sending"),
+                None,
+                None,
+                d.get("agent"),
+                at,
+                event.seq,
+            ]
+            batch.messages.append(row)
             batch.unsent[row[0]] = row
             summary.outbound(at, _preview(body, media))
         return
