@@ -6,7 +6,8 @@
 The helper's ``catch_up`` runs in this process (no spawn, no console), on a fresh copy of bench_console's 1M cache
 each run, against ``bridge.cli serve`` in its own process holding the 100k events bench_console's catch-up uses.
 Reported per run: the time to caught up, the commits, and where it went (parsing, the Python of applying, the
-texts' inserts, the conversation updates and full-text index at commit). The timings wrap the functions from
+texts' inserts, the conversation updates and full-text index at commit), and the CPU seconds the helper (all its
+threads) and the bridge used meanwhile. The timings wrap the functions from
 here (benchmark side); the product runs unwrapped. Writes ``results/catchup-<UTC time>.json``.
 """
 
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.bench import bench_console as bc
+from tests.bench.common import cpu_seconds
 
 TIMED: dict[str, float] = {}
 
@@ -75,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
                 scratch = bc.working_copy(big, "profile-catchup.db")
                 out = io.StringIO()
                 TIMED.clear()
+                assert bridge.proc is not None
+                bridge_cpu = cpu_seconds(bridge.proc.pid)
+                own_cpu = time.process_time()
                 started = time.perf_counter()
                 try:
                     params = {"url": bridge.url, "token": built["token"], "cache": str(scratch)}
@@ -82,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
                 finally:
                     bc.drop_copy(scratch)
                 seconds = time.perf_counter() - started
+                TIMED["helper CPU"] = time.process_time() - own_cpu
+                TIMED["bridge CPU"] = cpu_seconds(bridge.proc.pid) - bridge_cpu
                 commits = sum(1 for line in out.getvalue().splitlines() if '"cursor"' in line)
                 run = {"seconds": seconds, "exit": status, "commits": commits, **TIMED}
                 runs.append(run)
