@@ -27,6 +27,9 @@ DEMO_ACCOUNT_SID = "AC" + "d" * 32
 DEMO_AUTH_TOKEN = "demo-auth-token-not-a-secret"
 DEMO_CALL_RATE = 2.0
 """Simulated callers per minute in `demo --for-console` (the console's calls panel has something to show)."""
+DEMO_OPENING_TEXTS = 3
+"""Texts customers send the moment `demo --for-console` starts: the console opens on people waiting for an answer,
+not on an empty inbox (at the default 6 texts a minute the first would otherwise come 5–15 s in)."""
 CANNED_REPLIES = [
     "Thanks for reaching out! Let me look into that for you.",
     "Got it — I'm checking your order now.",
@@ -180,6 +183,7 @@ async def demo(
         bridge_url=bridge_url,
         public_url=sandbox_url,
         customer_rate=rate,
+        opening_texts=DEMO_OPENING_TEXTS if for_console and rate > 0 else 0,
         caller_rate=call_rate if for_console else 0.0,
     )
     async with _serving(create_app(settings), bridge_port), _serving(create_sandbox_app(sandbox), sandbox_port):

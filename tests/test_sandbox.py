@@ -751,6 +751,21 @@ def test_customer_traffic_texts_the_bridge_and_answers_agents(harness: Harness) 
     assert reply.param("To") == agent.from_ and signature_ok(reply)
 
 
+def test_opening_texts_come_at_once_and_then_no_more_at_rate_zero(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bridge.sandbox import customers
+
+    monkeypatch.setattr(customers, "OPENING_GAP", 0.05)
+    started = time.monotonic()
+    harness.sandbox(bridge_url=harness.receiver_url, sms_path=harness.path("opening"), opening_texts=2, seed=21)
+    texts = harness.receiver.wait_for(lambda seen: len(seen) >= 2, path=harness.path("opening"))
+    assert time.monotonic() - started < 5  # not the 5–15 s the first text at 6 a minute takes
+    assert [r.param("Body") for r in texts] == [body for _, _, body, _ in _texts(21, count=2)]
+    time.sleep(0.3)
+    assert len(harness.receiver.snapshot(harness.path("opening"))) == 2  # customer_rate 0: nothing after them
+
+
 # --- serving ------------------------------------------------------------------------------------------------
 
 

@@ -67,6 +67,9 @@ class SandboxConfig:
     """Seconds from ``accepted`` to ``queued`` for sends through the Messaging Service."""
     customer_rate: float = 0.0
     """Simulated customers' unprompted texts per minute, across all customers; 0 turns them off."""
+    opening_texts: int = 0
+    """Texts simulated customers send as soon as the traffic starts (a second apart), before the ones at
+    ``customer_rate``: a demo opens on customers already waiting rather than on an empty inbox."""
     customer_reply_delay: float = 2.0
     """Typical seconds before a simulated customer answers an agent's text (jittered ±50%)."""
     seed: int = 7
@@ -157,6 +160,7 @@ class SandboxConfig:
             "ring_seconds",
             "voicemail_seconds",
             "caller_rate",
+            "opening_texts",
         ):
             if getattr(self, name) < 0:
                 found.append(f"{name} must not be negative")

@@ -252,6 +252,10 @@ class CustomerSimulator:
         return self._say(customer, line)
 
 
+OPENING_GAP = 1.0
+"""Seconds between the opening texts."""
+
+
 class CustomerTraffic:
     """Runs the simulator against the sandbox: texts at the configured rate, and answers to agents' texts."""
 
@@ -265,8 +269,8 @@ class CustomerTraffic:
         messaging.delivered_hooks.append(self.on_delivered)
 
     def start(self) -> None:
-        """Start texting at ``customer_rate`` per minute (if it is not 0)."""
-        if self.config.customer_rate > 0:
+        """Send the opening texts, then text at ``customer_rate`` per minute (if it is not 0)."""
+        if self.config.customer_rate > 0 or self.config.opening_texts > 0:
             self._spawn(self._run(), "customer traffic")
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
@@ -275,6 +279,12 @@ class CustomerTraffic:
         task.add_done_callback(self._tasks.discard)
 
     async def _run(self) -> None:
+        for n in range(self.config.opening_texts):
+            if n:
+                await asyncio.sleep(OPENING_GAP)
+            await self.send(self.simulator.next_text())
+        if self.config.customer_rate <= 0:
+            return
         interval = 60.0 / self.config.customer_rate
         while True:
             await asyncio.sleep(interval * self.timing.uniform(0.5, 1.5))
