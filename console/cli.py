@@ -57,7 +57,7 @@ def cmd_console(args: argparse.Namespace) -> int:
             "no bridge configured. Run `switchboard login URL` (asks for your agent token), pass --url and --token, "
             "or set SWITCHBOARD_URL and SWITCHBOARD_TOKEN. To try Switchboard with no Twilio account: switchboard demo"
         )
-    cache = Cache(locations.cache_file(config.url))
+    cache = Cache(locations.cache_file(config.url), say=lambda text: print(text, file=sys.stderr, flush=True))
     try:
         make_app(config, cache).run()
     finally:

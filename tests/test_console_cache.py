@@ -308,3 +308,66 @@ def test_a_cache_from_before_the_short_thread_index_keeps_its_threads(tmp_path: 
     assert [m.body for m in cache.messages(CID)] == [f"text {n}" for n in range(1, 6)]
     cache.apply([received(6, "text 6")])
     assert [m.body for m in cache.messages(CID, limit=2)] == ["text 5", "text 6"]
+
+
+def test_a_cache_from_before_ids_were_indexed_by_kind_keeps_everything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """m007 rebuilds the messages table: rows, positions, the full-text index and the threads come through, replies
+    are still found by id, and a note applied twice is still one row."""
+    import sqlite3
+
+    import sqlite_utils
+    from sqlite_utils.migrations import Migrations
+
+    from tests.console_support import demo_events
+
+    path = tmp_path / "old.db"
+    old = Migrations("switchboard-console")  # the cache's migrations as they were before m007
+    for fn in cache_module._MIGRATIONS[: cache_module._MIGRATIONS.index(cache_module.m007_ids_indexed_except_texts_in)]:
+        old()(fn)
+    conn = sqlite3.connect(path)
+    old.apply(sqlite_utils.Database(conn))
+    conn.close()
+    events = demo_events()
+    earlier = Cache(path, migrate=False)
+    earlier.apply(events[:-5])
+    before = [tuple(row) for row in earlier.conn().execute("SELECT * FROM messages ORDER BY pos")]
+    hits = [m.pos for m in earlier.search("order")]
+    earlier.close()
+
+    monkeypatch.setattr(cache_module, "LONG_MIGRATION_MESSAGES", 10)
+    said: list[str] = []
+    cache = Cache(path, say=said.append)
+    assert len(said) == 1 and said[0].startswith(f"Updating the cache of {len(before)} messages")
+    assert [tuple(row) for row in cache.conn().execute("SELECT * FROM messages ORDER BY pos")] == before
+    assert hits and [m.pos for m in cache.search("order")] == hits
+    table = cache.conn().execute("SELECT sql FROM sqlite_master WHERE name = 'messages'").fetchone()[0]
+    assert "UNIQUE" not in table
+    cache.apply(events[-5:])  # replies' statuses among them find their rows by id
+    fresh = Cache(tmp_path / "fresh.db", say=said.append)  # a new cache has nothing to update: nothing said
+    fresh.apply(events)
+    assert len(said) == 1
+    everything = "SELECT * FROM messages ORDER BY pos"
+    assert [tuple(r) for r in cache.conn().execute(everything)] == [tuple(r) for r in fresh.conn().execute(everything)]
+    note = protocol.Event(
+        len(events) + 1, protocol.NOTE_ADDED, "2026-11-24T07:00:00.000Z",
+        {"conversation_id": CID, "note_id": "NT" + "7" * 32, "body": "call back", "agent": "ana", "at": "x"},
+    )  # fmt: skip
+    again = protocol.Event(len(events) + 2, note.type, note.ts, note.data)
+    cache.apply([note, again])
+    count = cache.conn().execute("SELECT count(*) FROM messages WHERE id = ?", (note.data["note_id"],)).fetchone()[0]
+    assert count == 1
+
+
+def test_messages_are_found_by_id_through_the_index_for_replies_notes_calls_and_voicemails(tmp_path: Path) -> None:
+    cache = Cache(tmp_path / "c.db")
+    conn = cache.conn()
+    keyed = cache_module._KEYED
+    for sql in (
+        f"UPDATE messages SET status = ? WHERE id = ? AND {keyed}",
+        f"SELECT pos FROM messages WHERE id = ? AND {keyed}",
+    ):
+        params = ["x", "y"] if sql.startswith("UPDATE") else ["y"]
+        plan = " ".join(str(row[3]) for row in conn.execute("EXPLAIN QUERY PLAN " + sql, params))
+        assert "USING INDEX messages_by_id" in plan, plan
