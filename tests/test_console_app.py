@@ -339,7 +339,7 @@ async def test_a_burst_of_texts_gets_one_toast_and_a_summary(cache: Cache, monke
         await settle(pilot)
         link = app.link
         assert isinstance(link, FakeLink)
-        log = EventLog(seq=cache.cursor(), _ids=50_000)
+        log = EventLog(seq=cache.cursor(), ids="burst")
         for n in range(6):
             log.events = []
             log.inbound(customer(900 + n), f"burst text {n}", NOW)
@@ -367,7 +367,7 @@ async def test_a_burst_of_texts_reloads_the_inbox_at_once_then_once_more_after_t
             reload(keep, here=here)
 
         inbox.reload = counting  # type: ignore[method-assign]
-        log = EventLog(seq=cache.cursor())
+        log = EventLog(seq=cache.cursor(), ids="more texts")
         for k in range(30):
             log.inbound(customer(500 + k), f"burst text {k}", NOW + timedelta(minutes=k + 1))
             app.link_events(cache.apply([log.events[-1]]))

@@ -79,7 +79,7 @@ def bar(app: SwitchboardApp) -> str:
 
 def follow_up(cache: Cache) -> CallLog:
     """Events for the calls already in ``cache``, continuing its seqs."""
-    calls = CallLog(EventLog(seq=cache.cursor(), _ids=10_000))
+    calls = CallLog(EventLog(seq=cache.cursor(), ids="calls"))
     for sid, (call, _) in cache.calls(r[0] for r in cache.conn().execute("SELECT call_sid FROM calls")).items():
         calls.calls[sid] = {
             "call_sid": sid,

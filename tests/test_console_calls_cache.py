@@ -115,7 +115,7 @@ def test_the_board_has_my_call_wrap_up_presence_and_the_queue_depth(cache: Cache
     hour_ago = iso(NOW - timedelta(hours=1))
     assert board.depth[0][0] <= hour_ago < board.depth[1][0]  # the level the hour started at, then its changes
     # Hung up: the call is over, and the bridge says the agent is wrapping it up.
-    calls = CallLog(EventLog(seq=cache.cursor()))
+    calls = CallLog(EventLog(seq=cache.cursor(), ids="more calls"))
     mine = board.mine
     calls.calls[mine.call_sid] = {
         **{k: getattr(mine, k) for k in ("call_sid", "conversation_id", "twilio_number", "customer_number")},

@@ -197,7 +197,7 @@ async def child(cache_path: str, seconds: float, headless: bool, freeze: bool = 
         phase[0] = "ticking"
         await asyncio.sleep(seconds)
         cut()
-        log = CallLog(EventLog(seq=cache.cursor(), _ids=100_000))
+        log = CallLog(EventLog(seq=cache.cursor(), ids="calls panel"))
         for phase[0], first_number in (("ticking + new callers", 5000), ("ticking + returning", 1000)):
             deadline = time.perf_counter() + seconds
             n = 0
