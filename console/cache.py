@@ -283,6 +283,8 @@ def m007_ids_indexed_except_texts_in(db: sqlite_utils.Database) -> None:
     # dropped, so the table is rebuilt (positions kept: they are the full-text index's rowids).
     sql = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'messages'").fetchone()[0]
     rebuilt = sql.replace("CREATE TABLE messages", "CREATE TABLE messages_rebuilt", 1)
+    if "id TEXT NOT NULL UNIQUE" not in rebuilt:  # m001's words: anything else is not a table this knows
+        raise RuntimeError("the cache's messages table is not as m001 made it: move the cache file aside to rebuild it")
     rebuilt = rebuilt.replace("id TEXT NOT NULL UNIQUE", "id TEXT NOT NULL", 1)
     db.execute(rebuilt)
     columns = "pos, id, sid, conversation_id, direction, body, media, status, error_code, error_message, agent, at, seq"
