@@ -8,6 +8,7 @@ import contextlib
 import getpass
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -57,7 +58,14 @@ def cmd_console(args: argparse.Namespace) -> int:
             "no bridge configured. Run `switchboard login URL` (asks for your agent token), pass --url and --token, "
             "or set SWITCHBOARD_URL and SWITCHBOARD_TOKEN. To try Switchboard with no Twilio account: switchboard demo"
         )
-    cache = Cache(locations.cache_file(config.url), say=lambda text: print(text, file=sys.stderr, flush=True))
+    path = locations.cache_file(config.url)
+    try:
+        cache = Cache(path, say=lambda text: print(text, file=sys.stderr, flush=True))
+    except (sqlite3.Error, RuntimeError, OSError) as exc:
+        return _fail(
+            f"could not open the cache at {path}: {exc}. If another console has it open, close that one; if the file "
+            "is damaged, move it aside and start again: the console fills a new cache from the bridge."
+        )
     try:
         make_app(config, cache).run()
     finally:

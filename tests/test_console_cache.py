@@ -371,3 +371,17 @@ def test_messages_are_found_by_id_through_the_index_for_replies_notes_calls_and_
         params = ["x", "y"] if sql.startswith("UPDATE") else ["y"]
         plan = " ".join(str(row[3]) for row in conn.execute("EXPLAIN QUERY PLAN " + sql, params))
         assert "USING INDEX messages_by_id" in plan, plan
+
+
+def test_a_damaged_cache_file_gets_a_clear_message_not_a_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from console import cli, locations
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    url = "http://127.0.0.1:9"
+    locations.cache_file(url).write_bytes(b"not a database " * 400)
+    assert cli.main(["--url", url, "--token", "t"]) == 2
+    said = capsys.readouterr().err
+    assert said.startswith("switchboard: could not open the cache at ") and "move it aside" in said
