@@ -43,6 +43,8 @@ class SwitchboardApp(App[None]):
 
     TITLE = "Switchboard"
     CSS_PATH = "app.tcss"
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-wide")]
+    """Screens narrower than 100 cells get the class ``-narrow`` (app.tcss: smaller toasts)."""
     BINDINGS = [
         Binding("question_mark,f1", "help", "Help", id="help", tooltip="Every key, with its id for [keymap]"),
         Binding("ctrl+q", "quit", "Quit", id="quit", priority=True, tooltip="Quit Switchboard"),

@@ -410,3 +410,20 @@ async def test_garbage_is_collected_between_keys_not_during_them(cache: Cache, m
         assert during == []
         assert any(t >= app._last_input + 0.3 for t in collections)  # once the keys stopped
     assert gc.isenabled()
+
+
+@pytest.mark.parametrize(("size", "widest"), [((80, 24), 36), ((120, 36), 60)])
+async def test_toasts_leave_the_status_line_readable_on_a_narrow_terminal(
+    cache: Cache, size: tuple[int, int], widest: int
+) -> None:
+    from textual.widgets._toast import Toast
+
+    app = SwitchboardApp(cache, ConsoleConfig(), clock=frozen_clock, tz=UTC)
+    async with app.run_test(size=size, notifications=True) as pilot:
+        await settle(pilot)
+        app.notify("Can I change the delivery address on order #34286? I'm moving next week " * 2, title="Text")
+        await pilot.pause(0.3)
+        toasts = [node for node in app.screen.walk_children(with_self=False) if isinstance(node, Toast)]
+        assert len(toasts) == 1
+        toast = toasts[0]
+        assert widest - 10 < toast.outer_size.width <= widest
