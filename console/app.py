@@ -255,7 +255,7 @@ class SwitchboardApp(App[None]):
 
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):
-            self.push_screen(HelpScreen(self.binding_sections()))
+            self.push_screen(HelpScreen(self.binding_sections(), self.config.keymap))
 
     async def reset_cache(self) -> None:
         """After "wrong bridge": forget this cache's events and load the bridge's own history."""

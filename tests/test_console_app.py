@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from rich.text import Text
+from textual.binding import Binding
 from textual.pilot import Pilot
 from textual.strip import Strip
 
@@ -308,6 +309,14 @@ async def test_remapped_key(cache: Cache) -> None:
         await pilot.press("ctrl+f")
         await settle(pilot)
         assert isinstance(app.screen, SearchScreen)
+        await pilot.press("escape", "f1")
+        await settle(pilot)
+        help_screen = app.screen
+        assert isinstance(help_screen, HelpScreen)  # it lists the keys as remapped, each key of a binding apart
+        bindings = {b.id: b for _, section in app.binding_sections() for b in section}
+        assert help_screen.keys_of(bindings["search"]) == app.get_key_display(Binding("ctrl+f", ""))
+        either = " / ".join(app.get_key_display(Binding(key, "")) for key in ("question_mark", "f1"))
+        assert help_screen.keys_of(bindings["help"]) == either
 
 
 async def test_help_lists_every_binding_with_its_id(cache: Cache) -> None:
@@ -427,3 +436,25 @@ async def test_toasts_leave_the_status_line_readable_on_a_narrow_terminal(
         assert len(toasts) == 1
         toast = toasts[0]
         assert widest - 10 < toast.outer_size.width <= widest
+
+
+async def test_help_and_search_say_brackets_as_written(cache: Cache) -> None:
+    """ "[keymap]" in the help, and whatever the agent typed into search, are text: Rich markup would have eaten
+    the brackets (the help said "remap any in the config file's  by its id")."""
+    from textual.widgets import Static
+
+    async with running(cache) as (app, pilot):
+        await pilot.press("question_mark")
+        await settle(pilot)
+        assert isinstance(app.screen, HelpScreen)
+        svg = app.export_screenshot()
+        assert svg.count("[keymap]") >= 3  # the intro, the column heading, the help key's own line
+        await pilot.press("escape", "slash")
+        await settle(pilot)
+        await pilot.press(*"[b]zz[/b]")
+        await settle(pilot)
+        summary = app.screen.query_one("#search-summary", Static)
+        assert "No message matches '[b]zz[/b]'." in str(summary.render())
+        await pilot.press(*["backspace"] * 9, *"photo")
+        await settle(pilot)
+        assert str(app.screen.query_one("#search-summary", Static).render()).startswith("1 match, newest first")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from rich.table import Table
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
@@ -22,22 +25,33 @@ class HelpScreen(ModalScreen[None]):
     }
     """
 
-    def __init__(self, sections: list[tuple[str, list[Binding]]]) -> None:
+    def __init__(self, sections: list[tuple[str, list[Binding]]], keymap: Mapping[str, str] | None = None) -> None:
+        """``keymap`` is the config's ``[keymap]`` (binding id → keys): a remapped binding is listed with its keys."""
         super().__init__()
         self.sections = sections
+        self.keymap = dict(keymap or {})
+
+    def keys_of(self, binding: Binding) -> str:
+        """The keys that do it, as the key bar writes them ("? / f1"), remapping included."""
+        keys = self.keymap.get(binding.id, binding.key) if binding.id else binding.key
+        shown = [self.app.get_key_display(Binding(key.strip(), "")) for key in keys.split(",") if key.strip()]
+        return " / ".join(shown)
 
     def compose(self) -> ComposeResult:
+        # Every cell is a Text: "[keymap]" and keys such as "[" are words here, never markup.
         table = Table(expand=True, box=None, show_header=True, header_style="bold", pad_edge=False)
-        table.add_column("Key", no_wrap=True, style="bold")
-        table.add_column("Does")
-        table.add_column("Binding id (for [keymap])", style="dim", no_wrap=True)
+        table.add_column(Text("Key"), no_wrap=True, style="bold")
+        table.add_column(Text("Does"))
+        table.add_column(Text("Binding id (for [keymap])"), style="dim", no_wrap=True)
         for title, bindings in self.sections:
-            table.add_row(f"[b reverse] {title} [/]", "", "")
+            table.add_row(Text(f" {title} ", style="bold reverse"), "", "")
             for binding in bindings:
-                keys = self.app.get_key_display(binding) if binding.key else ""
-                table.add_row(keys, binding.tooltip or binding.description, binding.id or "")
+                table.add_row(
+                    Text(self.keys_of(binding)), Text(binding.tooltip or binding.description), Text(binding.id or "")
+                )
         with VerticalScroll():
-            yield Static("Switchboard keys — remap any in the config file's [keymap] by its id.  esc closes.\n")
+            intro = "Switchboard keys — remap any in the config file's [keymap] by its id.  esc closes.\n"
+            yield Static(intro, markup=False)
             yield Static(table)
 
     def action_close(self) -> None:

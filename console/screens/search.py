@@ -65,8 +65,10 @@ class SearchScreen(ModalScreen[Hit | None]):
     def compose(self) -> ComposeResult:
         with Vertical():
             yield Input(placeholder="search every message…", id="search-input")
-            yield Static(
-                "Type to search (two letters or more). Words match as prefixes; newest first.", id="search-summary"
+            yield Static(  # says back what was typed: never markup
+                "Type to search (two letters or more). Words match as prefixes; newest first.",
+                id="search-summary",
+                markup=False,
             )
             yield OptionList(id="search-results")
 
@@ -114,7 +116,8 @@ class SearchScreen(ModalScreen[Hit | None]):
             summary.update(f"No message matches {one_line(message.query)!r}.")
         else:
             more = "+" if len(message.rows) == RESULTS else ""
-            summary.update(f"{len(message.rows)}{more} matches, newest first · enter opens one")
+            count = len(message.rows)
+            summary.update(f"{count}{more} {'match' if count == 1 else 'matches'}, newest first · enter opens one")
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         options = self.query_one(OptionList)
