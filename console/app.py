@@ -13,6 +13,7 @@ from typing import Any
 from textual import events
 from textual.app import App, SystemCommand
 from textual.binding import Binding
+from textual.notifications import SeverityLevel
 from textual.screen import Screen
 
 from bridge import protocol
@@ -112,6 +113,19 @@ class SwitchboardApp(App[None]):
             gc.enable()
         if self.link is not None:
             await self.link.aclose()
+
+    def notify(
+        self,
+        message: str,
+        *,
+        title: str = "",
+        severity: SeverityLevel = "information",
+        timeout: float | None = None,
+        markup: bool = False,
+    ) -> None:
+        """A toast, always plain text: toasts carry customers' texts, the bridge's errors and what agents typed, and
+        Textual would read "[b]" or "[link=…]" in them as markup (widgets' ``notify`` passes markup on as True)."""
+        super().notify(message, title=title, severity=severity, timeout=timeout, markup=False)
 
     async def on_event(self, event: events.Event) -> None:
         if isinstance(event, (events.Key, events.MouseDown, events.MouseScrollDown, events.MouseScrollUp)):

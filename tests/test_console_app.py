@@ -458,3 +458,21 @@ async def test_help_and_search_say_brackets_as_written(cache: Cache) -> None:
         await pilot.press(*["backspace"] * 9, *"photo")
         await settle(pilot)
         assert str(app.screen.query_one("#search-summary", Static).render()).startswith("1 match, newest first")
+
+
+async def test_a_hostile_text_arriving_live_is_toasted_as_written(cache: Cache) -> None:
+    from textual.widgets._toast import Toast
+
+    app = SwitchboardApp(cache, ConsoleConfig(), link_factory=FakeLink.factory(), clock=frozen_clock, tz=UTC)
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
+        await settle(pilot)
+        link = app.link
+        assert isinstance(link, FakeLink)
+        log = EventLog(seq=cache.cursor(), ids="hostile")
+        log.inbound(customer(950), "[bold red]FREE[/] [link=https://evil.example]x[/link]", NOW)
+        link.deliver(log.events)
+        await settle(pilot)
+        toasts = [node for node in app.screen.walk_children(with_self=False) if isinstance(node, Toast)]
+        assert len(toasts) == 1
+        shown = str(toasts[0].render())
+        assert "[bold red]FREE[/] [link=https://evil.example]x[/link]" in shown
