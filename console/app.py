@@ -21,7 +21,7 @@ from console import messages, times
 from console.cache import Cache
 from console.client import AppliedBatch, BridgeLink, LinkState, LinkStatus
 from console.config import ConsoleConfig
-from console.screens.help import HelpScreen
+from console.screens.help import HelpScreen, keys_shown
 from console.screens.main import MainScreen
 
 LinkFactory = Callable[["SwitchboardApp"], BridgeLink]
@@ -296,6 +296,6 @@ class SwitchboardApp(App[None]):
                 continue
             yield SystemCommand(
                 binding.description,
-                f"{binding.tooltip} ({self.get_key_display(binding)})",
+                f"{binding.tooltip} ({keys_shown(self, binding, self.config.keymap)})",
                 lambda action=action: self.run_action(action, self.main),
             )

@@ -317,6 +317,8 @@ async def test_remapped_key(cache: Cache) -> None:
         assert help_screen.keys_of(bindings["search"]) == app.get_key_display(Binding("ctrl+f", ""))
         either = " / ".join(app.get_key_display(Binding(key, "")) for key in ("question_mark", "f1"))
         assert help_screen.keys_of(bindings["help"]) == either
+        commands = {c.title: c.help for c in app.get_system_commands(app.screen)}  # the palette says it too
+        assert commands[bindings["search"].description].endswith(f"({app.get_key_display(Binding('ctrl+f', ''))})")
 
 
 async def test_help_lists_every_binding_with_its_id(cache: Cache) -> None:

@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from rich.table import Table
 from rich.text import Text
-from textual.app import ComposeResult
+from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
+
+
+def keys_shown(app: App[Any], binding: Binding, keymap: Mapping[str, str]) -> str:
+    """The keys that do it, as the key bar writes them ("? / f1"), as ``keymap`` (the config's ``[keymap]``, binding
+    id → keys) remaps them."""
+    keys = keymap.get(binding.id, binding.key) if binding.id else binding.key
+    return " / ".join(app.get_key_display(Binding(key.strip(), "")) for key in keys.split(",") if key.strip())
 
 
 class HelpScreen(ModalScreen[None]):
@@ -32,10 +40,7 @@ class HelpScreen(ModalScreen[None]):
         self.keymap = dict(keymap or {})
 
     def keys_of(self, binding: Binding) -> str:
-        """The keys that do it, as the key bar writes them ("? / f1"), remapping included."""
-        keys = self.keymap.get(binding.id, binding.key) if binding.id else binding.key
-        shown = [self.app.get_key_display(Binding(key.strip(), "")) for key in keys.split(",") if key.strip()]
-        return " / ".join(shown)
+        return keys_shown(self.app, binding, self.keymap)
 
     def compose(self) -> ComposeResult:
         # Every cell is a Text: "[keymap]" and keys such as "[" are words here, never markup.
