@@ -478,3 +478,25 @@ async def test_a_hostile_text_arriving_live_is_toasted_as_written(cache: Cache) 
         assert len(toasts) == 1
         shown = str(toasts[0].render())
         assert "[bold red]FREE[/] [link=https://evil.example]x[/link]" in shown
+
+
+def test_a_snooze_can_be_typed_as_a_duration_a_day_or_a_time() -> None:
+    from datetime import datetime, timezone
+
+    from console.screens.main import snooze_until
+
+    here = timezone(timedelta(hours=-6))
+    now = datetime(2026, 11, 25, 16, 0, tzinfo=here)  # a Wednesday, 16:00 here
+
+    def until(text: str) -> str | None:
+        at = snooze_until(text, now, here)
+        return None if at is None else at.astimezone(here).strftime("%a %d %H:%M")
+
+    assert until("30m") == "Wed 25 16:30" and until("2h") == "Wed 25 18:00" and until("3d") == "Sat 28 16:00"
+    assert until("tomorrow") == "Thu 26 09:00" and until("Tomorrow 14:00") == "Thu 26 14:00"
+    assert until("fri") == until("friday") == until("next Friday") == "Fri 27 09:00"
+    assert until("wed") == "Wed 02 09:00"  # today's weekday: next week's
+    assert until("fri 8:30") == "Fri 27 08:30"
+    assert until("17:45") == "Wed 25 17:45" and until("9:00") == "Thu 26 09:00"  # passed today: tomorrow
+    for bad in ("", "next", "soon", "t", "th", "0m", "91d", "25:00", "9:5", "9", "fri 9", "1h 2m", "mon tue", "x:00"):
+        assert snooze_until(bad, now, here) is None, bad

@@ -10,7 +10,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import TYPE_CHECKING, Any
 
 from textual import on, work
@@ -68,18 +68,60 @@ VOICE_EVENTS = {protocol.CALL_UPDATED, protocol.VOICEMAIL_RECORDED, protocol.AGE
 SNOOZE_CHOICES = [("1h", "for an hour"), ("3h", "for 3 hours"), ("tomorrow", "until 9:00 tomorrow"), ("3d", "3 days")]
 
 
-def snooze_until(choice: str, now: datetime) -> datetime | None:
-    """ "30m", "2h", "3d" or "tomorrow" (9:00 local) → a UTC time; None if it can't be read."""
-    text = choice.strip().lower()
-    if text == "tomorrow":
-        local = now.astimezone()
-        return (local + timedelta(days=1)).replace(hour=9, minute=0, second=0, microsecond=0).astimezone(UTC)
-    units = {"m": 60, "h": 3600, "d": 86400}
-    if len(text) >= 2 and text[-1] in units and text[:-1].isascii() and text[:-1].isdigit():
-        seconds = int(text[:-1]) * units[text[-1]]
-        if 0 < seconds <= 90 * 86400:
-            return now + timedelta(seconds=seconds)
-    return None
+WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+SNOOZE_MORNING = 9
+"""The hour a day-only snooze ("tomorrow", "friday") ends, in the console's time zone."""
+SNOOZE_FORMATS = "30m, 2h, 3d, tomorrow, a weekday (fri) or a time (14:30)"
+
+
+def snooze_until(choice: str, now: datetime, tz: tzinfo | None = None) -> datetime | None:
+    """When a snooze typed as ``choice`` ends, as a UTC time; None if it can't be read or is not ahead.
+
+    ``30m``, ``2h``, ``3d`` (up to 90 days); ``tomorrow`` or a weekday (``friday``, ``fri``, ``next fri``: the next
+    such day, never today) at 9:00; a time of day (``14:30``, ``9:00``: today, or tomorrow once it has passed); or a
+    day and a time (``tomorrow 14:00``, ``fri 8:30``). Days and times are in ``tz`` (the console's; else the
+    machine's)."""
+    words = choice.strip().lower().split()
+    if words[:1] == ["next"]:
+        words = words[1:]
+    if len(words) == 1:
+        units = {"m": 60, "h": 3600, "d": 86400}
+        text = words[0]
+        if len(text) >= 2 and text[-1] in units and text[:-1].isascii() and text[:-1].isdigit():
+            seconds = int(text[:-1]) * units[text[-1]]
+            return now + timedelta(seconds=seconds) if 0 < seconds <= 90 * 86400 else None
+    if not 1 <= len(words) <= 2:
+        return None
+    local = now.astimezone(tz) if tz is not None else now.astimezone()
+    day: str | None
+    clock: str | None
+    if len(words) == 2:
+        day, clock = words
+    elif ":" in words[0]:
+        day, clock = None, words[0]
+    else:
+        day, clock = words[0], None
+    if day is None:
+        offset = 0
+    elif day == "tomorrow":
+        offset = 1
+    else:
+        matches = [n for n, name in enumerate(WEEKDAYS) if len(day) >= 3 and name.startswith(day)]
+        if len(matches) != 1:
+            return None
+        offset = (matches[0] - local.weekday() - 1) % 7 + 1  # 1–7 days on: the next one, never today
+    hour, minute = SNOOZE_MORNING, 0
+    if clock is not None:
+        hours, colon, minutes = clock.partition(":")
+        if not (colon and hours.isascii() and hours.isdigit() and minutes.isascii() and minutes.isdigit()):
+            return None
+        hour, minute = int(hours), int(minutes)
+        if hour > 23 or minute > 59 or len(minutes) != 2:
+            return None
+    at = (local + timedelta(days=offset)).replace(hour=hour, minute=minute, second=0, microsecond=0)
+    if day is None and at <= local:
+        at += timedelta(days=1)  # a time that has passed today: tomorrow's
+    return at.astimezone(UTC) if at > local else None
 
 
 class MainScreen(CallControls, Screen[None]):
@@ -594,14 +636,15 @@ class MainScreen(CallControls, Screen[None]):
 
     def action_snooze(self) -> None:
         choices = [Choice(hint, value) for value, hint in SNOOZE_CHOICES]
-        self.app.push_screen(Picker("Snooze until…", choices, free_text="or type 30m, 2h, 3d"), self._snooze_picked)
+        picker = Picker("Snooze until…", choices, free_text="or type 30m, 2h, 3d, fri, 14:30")
+        self.app.push_screen(picker, self._snooze_picked)
 
     def _snooze_picked(self, value: str | None) -> None:
         if value is None:
             return
-        until = snooze_until(value, self.console_app.clock())
+        until = snooze_until(value, self.console_app.clock(), self.console_app.tz)
         if until is None:
-            self.notify(f"Can't read {value!r} as a time: use 30m, 2h, 3d or tomorrow.", severity="error")
+            self.notify(f"Can't read {value!r} as a time ahead: use {SNOOZE_FORMATS}.", severity="error")
             return
         stamp = until.strftime("%Y-%m-%dT%H:%M:%SZ")
         self.run_worker(self._conversation_command("set_status", status="snoozed", until=stamp), group="snooze")
