@@ -438,6 +438,9 @@ async def test_toasts_leave_the_status_line_readable_on_a_narrow_terminal(
         assert len(toasts) == 1
         toast = toasts[0]
         assert widest - 10 < toast.outer_size.width <= widest
+        # Top right, under the calls bar: never over the composer or the status line at the bottom.
+        region = toast.region
+        assert region.y >= 1 and region.bottom <= size[1] // 2 and region.right >= size[0] - 4
 
 
 async def test_help_and_search_say_brackets_as_written(cache: Cache) -> None:
