@@ -86,8 +86,19 @@ def load(path: Path | None = None, environ: Mapping[str, str] | None = None, **f
     values.update({k: v for k, v in flags.items() if v is not None})
     if values.get("url"):
         values["url"] = check_url(str(values["url"]))
-    values["region"] = str(values.get("region", "US")).upper()
+    values["region"] = check_region(str(values.get("region", "US")))
     return ConsoleConfig(**values)
+
+
+def check_region(region: str) -> str:
+    """A region as phonenumbers knows it (``US``, ``GB``…), upper-cased; ConfigError for anything else (numbers
+    would silently show in international format)."""
+    from phonenumbers import SUPPORTED_REGIONS
+
+    code = region.strip().upper()
+    if code not in SUPPORTED_REGIONS:
+        raise ConfigError(f"{region!r} is not a region: use a two-letter country code such as US, GB or DE")
+    return code
 
 
 def _from_file(raw: dict[str, Any], file: Path) -> dict[str, Any]:

@@ -385,3 +385,14 @@ def test_a_damaged_cache_file_gets_a_clear_message_not_a_traceback(
     assert cli.main(["--url", url, "--token", "t"]) == 2
     said = capsys.readouterr().err
     assert said.startswith("switchboard: could not open the cache at ") and "move it aside" in said
+
+
+def test_an_unknown_region_is_refused_with_what_to_use(tmp_path: Path) -> None:
+    from console.config import ConfigError, load
+
+    nothing = tmp_path / "none.toml"
+    assert load(nothing, {}, region="gb").region == "GB"
+    assert load(nothing, {"SWITCHBOARD_REGION": "de"}).region == "DE"
+    for bad in ("ZZ", "USA", ""):
+        with pytest.raises(ConfigError, match="is not a region: use a two-letter country code"):
+            load(nothing, {}, region=bad)
