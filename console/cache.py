@@ -287,21 +287,21 @@ def m007_ids_indexed_except_texts_in(db: sqlite_utils.Database) -> None:
         raise RuntimeError("the cache's messages table is not as m001 made it: move the cache file aside to rebuild it")
     rebuilt = rebuilt.replace("id TEXT NOT NULL UNIQUE", "id TEXT NOT NULL", 1)
     db.execute(rebuilt)
-    columns = "pos, id, sid, conversation_id, direction, body, media, status, error_code, error_message, agent, at, seq"
+    # Its indexes (not the UNIQUE's own) and triggers go with the table: made again as they are, from their SQL.
+    kept = [
+        row[0]
+        for row in db.execute(
+            "SELECT sql FROM sqlite_master WHERE tbl_name = 'messages' AND type IN ('index', 'trigger') "
+            "AND sql IS NOT NULL ORDER BY type"
+        ).fetchall()
+    ]
+    columns = ", ".join(row[1] for row in db.execute("PRAGMA table_info(messages)").fetchall())
     db.execute(f"INSERT INTO messages_rebuilt ({columns}) SELECT {columns} FROM messages ORDER BY pos")
-    db.execute("DROP TABLE messages")  # its indexes and triggers with it
+    db.execute("DROP TABLE messages")
     db.execute("ALTER TABLE messages_rebuilt RENAME TO messages")
-    db.execute(f"CREATE INDEX messages_by_thread ON messages ({_THREAD_KEY}, pos)")
+    for sql in kept:
+        db.execute(sql)
     db.execute(f"CREATE UNIQUE INDEX messages_by_id ON messages (id) WHERE {_KEYED}")
-    db.execute(
-        "CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages BEGIN "
-        "INSERT INTO messages_fts (messages_fts, rowid, body) VALUES ('delete', old.pos, old.body); END"
-    )
-    db.execute(
-        "CREATE TRIGGER messages_fts_update AFTER UPDATE OF body ON messages BEGIN "
-        "INSERT INTO messages_fts (messages_fts, rowid, body) VALUES ('delete', old.pos, old.body); "
-        "INSERT INTO messages_fts (rowid, body) VALUES (new.pos, new.body); END"
-    )
 
 
 _LONG_MIGRATIONS = {m007_ids_indexed_except_texts_in.__name__}
@@ -1214,9 +1214,9 @@ def _apply_one(batch: _Batch, event: protocol.Event) -> None:
         summary = batch.conversation(d, at)
         body = d.get("body", "")
         media = d.get("media") or []
-        shown = json.dumps(media) if media else "[]"
+        media_json = json.dumps(media) if media else "[]"
         if inbound:
-            row_in = (d["message_id"], d.get("message_sid"), d["conversation_id"], body, shown, at, event.seq)
+            row_in = (d["message_id"], d.get("message_sid"), d["conversation_id"], body, media_json, at, event.seq)
             batch.messages.append(row_in)
             summary.inbound(at, _preview(body, media))
         else:
@@ -1226,7 +1226,7 @@ def _apply_one(batch: _Batch, event: protocol.Event) -> None:
                 d["conversation_id"],
                 "outbound",
                 body,
-                shown,
+                media_json,
                 d.get("status", "sending"),
                 None,
                 None,

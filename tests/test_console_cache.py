@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -285,19 +286,24 @@ def test_threads_are_read_through_the_short_index_and_kept_apart_when_their_keys
         assert "messages_by_thread" in plan and "TEMP B-TREE" not in plan, plan
 
 
-def test_a_cache_from_before_the_short_thread_index_keeps_its_threads(tmp_path: Path) -> None:
+def schema_before(path: Path, migration: Callable[..., None]) -> Path:
+    """A new cache file at ``path`` with the schema as it was before ``migration`` (the migrations up to it)."""
     import sqlite3
 
     import sqlite_utils
     from sqlite_utils.migrations import Migrations
 
-    path = tmp_path / "old.db"
-    old = Migrations("switchboard-console")  # the cache's migrations as they were before m006
-    for fn in cache_module._MIGRATIONS[: cache_module._MIGRATIONS.index(cache_module.m006_short_thread_index)]:
+    old = Migrations("switchboard-console")
+    for fn in cache_module._MIGRATIONS[: cache_module._MIGRATIONS.index(migration)]:
         old()(fn)
     conn = sqlite3.connect(path)
     old.apply(sqlite_utils.Database(conn))
     conn.close()
+    return path
+
+
+def test_a_cache_from_before_the_short_thread_index_keeps_its_threads(tmp_path: Path) -> None:
+    path = schema_before(tmp_path / "old.db", cache_module.m006_short_thread_index)
     earlier = Cache(path, migrate=False)
     earlier.apply([received(n, f"text {n}") for n in range(1, 6)])
     earlier.close()
@@ -315,24 +321,15 @@ def test_a_cache_from_before_ids_were_indexed_by_kind_keeps_everything(
 ) -> None:
     """m007 rebuilds the messages table: rows, positions, the full-text index and the threads come through, replies
     are still found by id, and a note applied twice is still one row."""
-    import sqlite3
-
-    import sqlite_utils
-    from sqlite_utils.migrations import Migrations
-
     from tests.console_support import demo_events
 
-    path = tmp_path / "old.db"
-    old = Migrations("switchboard-console")  # the cache's migrations as they were before m007
-    for fn in cache_module._MIGRATIONS[: cache_module._MIGRATIONS.index(cache_module.m007_ids_indexed_except_texts_in)]:
-        old()(fn)
-    conn = sqlite3.connect(path)
-    old.apply(sqlite_utils.Database(conn))
-    conn.close()
+    path = schema_before(tmp_path / "old.db", cache_module.m007_ids_indexed_except_texts_in)
     events = demo_events()
     earlier = Cache(path, migrate=False)
     earlier.apply(events[:-5])
     before = [tuple(row) for row in earlier.conn().execute("SELECT * FROM messages ORDER BY pos")]
+    objects = "SELECT type, name, sql FROM sqlite_master WHERE tbl_name = 'messages' AND type != 'table' AND sql > ''"
+    kept = {tuple(row) for row in earlier.conn().execute(objects)}  # the thread index, the full-text triggers
     hits = [m.pos for m in earlier.search("order")]
     earlier.close()
 
@@ -350,6 +347,10 @@ def test_a_cache_from_before_ids_were_indexed_by_kind_keeps_everything(
     assert len(said) == 1
     everything = "SELECT * FROM messages ORDER BY pos"
     assert [tuple(r) for r in cache.conn().execute(everything)] == [tuple(r) for r in fresh.conn().execute(everything)]
+    made = {tuple(row) for row in cache.conn().execute(objects)}
+    assert {name for _, name, _ in kept} == {"messages_by_thread", "messages_fts_delete", "messages_fts_update"}
+    assert made - kept == {row for row in made if row[1] == "messages_by_id"} and kept <= made
+    assert made == {tuple(row) for row in fresh.conn().execute(objects)}
     note = protocol.Event(
         len(events) + 1, protocol.NOTE_ADDED, "2026-11-24T07:00:00.000Z",
         {"conversation_id": CID, "note_id": "NT" + "7" * 32, "body": "call back", "agent": "ana", "at": "x"},
