@@ -35,6 +35,14 @@ log = logging.getLogger("switchboard.bridge.commands")
 MAX_BODY = 1600
 MAX_MEDIA = 10
 
+REPLIES_TO_CUSTOMER = (
+    "SELECT m.sid FROM conversations v CROSS JOIN messages m ON m.conversation_id = v.id "
+    "WHERE v.customer_number = ? AND m.direction = 'outbound' AND +m.sid IS NOT NULL"
+)
+"""The SIDs of every reply sent to a customer (from any of the team's numbers), read before each send: through
+``conversations_by_customer``, then ``replies_by_conversation``, so a customer's replies and not every reply in
+the log. CROSS JOIN fixes that order and the ``+`` keeps ``messages_by_sid`` out, whatever statistics say."""
+
 
 class Refused(Exception):
     """A command the bridge will not carry out; the message is a sentence the agent can act on."""
@@ -212,11 +220,7 @@ class CommandRunner:
 
         def known_sids(conn: sqlite3.Connection) -> set[str]:
             # Texts to this customer already matched to a send: a lookup must never take one of them for this one.
-            rows = conn.execute(
-                "SELECT m.sid FROM messages m JOIN conversations v ON v.id = m.conversation_id "
-                "WHERE v.customer_number = ? AND m.direction = 'outbound' AND m.sid IS NOT NULL",
-                (conv.customer_number,),
-            ).fetchall()
+            rows = conn.execute(REPLIES_TO_CUSTOMER, (conv.customer_number,)).fetchall()
             return {str(row[0]) for row in rows}
 
         try:

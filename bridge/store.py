@@ -417,6 +417,18 @@ def m006_message_sids(db: sqlite_utils.Database) -> None:
     db.execute("CREATE UNIQUE INDEX messages_by_sid ON messages (sid) WHERE direction = 'outbound'")
 
 
+@migrations()
+def m007_replies_by_customer(db: sqlite_utils.Database) -> None:
+    """Before each send the bridge reads the SIDs of the replies already sent to that customer (commands.py,
+    ``REPLIES_TO_CUSTOMER``). With no index on a conversation's customer, SQLite walked every reply in the log
+    for it: a send's lookup grew with the log. Now it goes customer → conversations → their replies. Nothing
+    else reads messages by conversation, so that index keeps replies only, and a text coming in writes one
+    index entry fewer."""
+    db.execute("DROP INDEX IF EXISTS messages_by_conversation")
+    db.execute("CREATE INDEX replies_by_conversation ON messages (conversation_id) WHERE direction = 'outbound'")
+    db.execute("CREATE INDEX conversations_by_customer ON conversations (customer_number)")
+
+
 def _connect(path: Path | str) -> sqlite3.Connection:
     conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30.0)
     conn.row_factory = sqlite3.Row

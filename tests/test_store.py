@@ -11,6 +11,7 @@ import pytest
 import sqlite_utils
 
 from bridge import protocol
+from bridge.commands import REPLIES_TO_CUSTOMER
 from bridge.messaging import (
     Conversation,
     InboundMessage,
@@ -179,6 +180,54 @@ def test_the_sid_index_migration_keeps_every_message_and_its_dedupe(tmp_path: Pa
     statuses = dict(db.execute("SELECT direction, status FROM messages").fetchall())
     assert statuses == {"inbound": "received", "outbound": "delivered"}  # a status for an inbound SID moves nothing
     assert [tuple(row) for row in db.execute("SELECT sid FROM early_statuses")] == [(inbound.sid,)]
+    db.close()
+
+
+def test_a_send_reads_only_its_customer_s_replies_through_indexes(tmp_path: Path) -> None:
+    """m007: the SIDs a send must not take for its own are the customer's replies, from every one of the team's
+    numbers, found through indexes (before it, SQLite walked every reply in the log); a text coming in is not in
+    the conversation index any more. A database from before m007 comes through with its rows."""
+    path = tmp_path / "bridge.db"
+    db = open_database_before(path, "m007_replies_by_customer")
+    other_number, other_customer = E164("+14155550111"), E164("+14155550199")
+    sids: dict[tuple[str, str], str] = {}
+    with db.conn:
+        tx = Tx(db.conn)
+        for n, (ours, theirs) in enumerate(
+            [(OUR_NUMBER, CUSTOMER), (other_number, CUSTOMER), (OUR_NUMBER, other_customer)]
+        ):
+            record_inbound(tx, InboundMessage.from_params(inbound_params(from_=theirs, to=ours)), None)
+            conv = Conversation(conversation_id(ours, theirs), E164(ours), E164(theirs))
+            draft = OutboundDraft("ana", f"c-{n}", conv, "On its way", (), "GSM-7", 1)
+            message_id, _ = record_outbound(tx, draft, {})
+            sids[(ours, theirs)] = message_sid()
+            record_submitted(tx, "ana", f"c-{n}", message_id, sids[(ours, theirs)], "queued", protocol.Result("", True))
+        unsent = OutboundDraft(
+            "ana",
+            "c-9",
+            Conversation(conversation_id(OUR_NUMBER, CUSTOMER), E164(OUR_NUMBER), E164(CUSTOMER)),
+            "Not yet sent",
+            (),
+            "GSM-7",
+            1,
+        )
+        record_outbound(tx, unsent, {})
+    before = db.execute("SELECT * FROM messages ORDER BY rowid").fetchall()
+    db.close()
+
+    db = open_database(path)
+    assert db.execute("SELECT * FROM messages ORDER BY rowid").fetchall() == before
+    plan = " ".join(str(row[3]) for row in db.execute("EXPLAIN QUERY PLAN " + REPLIES_TO_CUSTOMER, [CUSTOMER]))
+    assert "conversations_by_customer" in plan and "replies_by_conversation" in plan, plan
+    db.execute("ANALYZE")  # with statistics too (a big log's), no walk of every reply by SID
+    plan = " ".join(str(row[3]) for row in db.execute("EXPLAIN QUERY PLAN " + REPLIES_TO_CUSTOMER, [CUSTOMER]))
+    assert "messages_by_sid" not in plan and "SCAN" not in plan, plan
+    found = {row[0] for row in db.execute(REPLIES_TO_CUSTOMER, [CUSTOMER])}
+    assert found == {sids[(OUR_NUMBER, CUSTOMER)], sids[(other_number, CUSTOMER)]}
+    indexed = db.execute(
+        "SELECT count(*) FROM messages INDEXED BY replies_by_conversation WHERE direction = 'outbound'"
+    )
+    assert indexed.fetchone()[0] == 4  # the replies (one not sent yet); the three texts in are not indexed
     db.close()
 
 
