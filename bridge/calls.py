@@ -24,6 +24,8 @@ TRANSFER_KEYS = ("mode", "target_kind", "target", "state", "by")
 """What call.updated shows of a transfer; the bridge keeps a little more (whether the agent has left)."""
 SYSTEM_AGENT = "switchboard"
 """Who the bridge's own texts (the missed-call text) are sent as."""
+HAS_VOICEMAIL = "SELECT 1 FROM voicemails WHERE call_sid = ?"
+"""Whether an ending call left a voicemail: through ``voicemails_by_call`` (m008)."""
 
 
 def new_id(prefix: str) -> str:
@@ -275,7 +277,7 @@ def end_call(tx: Tx, row: sqlite3.Row, reason: str | None = None, outcome: str |
         return row
     call_sid = row["call_sid"]
     transfer = transfer_of(row)
-    has_voicemail = tx.one("SELECT 1 FROM voicemails WHERE call_sid = ?", (call_sid,)) is not None
+    has_voicemail = tx.one(HAS_VOICEMAIL, (call_sid,)) is not None
     agents: list[str] = json.loads(row["agents"])
     if outcome is not None:
         pass

@@ -35,6 +35,13 @@ log = logging.getLogger("switchboard.bridge.commands")
 MAX_BODY = 1600
 MAX_MEDIA = 10
 
+UNFINISHED_SENDS = (
+    "SELECT c.agent, c.id, c.created_at, m.id, m.conversation_id, m.body, m.media, m.encoding, m.segments, "
+    "v.twilio_number, v.customer_number FROM commands c "
+    "JOIN messages m ON m.id = c.message_id JOIN conversations v ON v.id = m.conversation_id "
+    "WHERE c.state = 'running' ORDER BY c.created_at"
+)
+"""Sends a crash interrupted, read at start-up: through ``commands_running`` (m008), not every command ever run."""
 REPLIES_TO_CUSTOMER = (
     "SELECT m.sid FROM conversations v CROSS JOIN messages m ON m.conversation_id = v.id "
     "WHERE v.customer_number = ? AND m.direction = 'outbound' AND +m.sid IS NOT NULL"
@@ -262,12 +269,7 @@ class CommandRunner:
         """
 
         def unfinished(conn: sqlite3.Connection) -> list[Any]:
-            return conn.execute(
-                "SELECT c.agent, c.id, c.created_at, m.id, m.conversation_id, m.body, m.media, m.encoding, "
-                "m.segments, v.twilio_number, v.customer_number FROM commands c "
-                "JOIN messages m ON m.id = c.message_id JOIN conversations v ON v.id = m.conversation_id "
-                "WHERE c.state = 'running' ORDER BY c.created_at"
-            ).fetchall()
+            return conn.execute(UNFINISHED_SENDS).fetchall()
 
         async def resume(
             before: asyncio.Task[protocol.Result] | None,

@@ -68,6 +68,11 @@ SendText = Callable[[str, protocol.Command], Awaitable[protocol.Result]]
 
 CONFERENCE_EVENTS = "start end join leave hold mute"
 MAX_ENDPOINT = 200
+QUEUE_WAITING = (
+    "SELECT count(*), min(waiting_since) FROM calls WHERE last_queue = ? AND state IN ('queued', 'ringing_agent')"
+)
+"""A queue's waiting calls and the longest wait, at each change to its calls: through ``calls_in_queue`` (m008),
+the calls waiting now, not every call ever taken."""
 
 
 class CallRefusal(Refusal):
@@ -553,11 +558,7 @@ class Handoff:
         available = tx.one("SELECT count(*) FROM presence WHERE presence = 'available'")
         queues = []
         for queue in self.queues.queues:
-            waiting = tx.one(
-                "SELECT count(*), min(waiting_since) FROM calls WHERE last_queue = ? "
-                "AND state IN ('queued', 'ringing_agent')",
-                (queue.name,),
-            )
+            waiting = tx.one(QUEUE_WAITING, (queue.name,))
             assert waiting is not None
             longest = 0 if waiting[1] is None else max(0, int((now - parse_ts(waiting[1])).total_seconds()))
             queues.append(

@@ -429,6 +429,19 @@ def m007_replies_by_customer(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX conversations_by_customer ON conversations (customer_number)")
 
 
+@migrations()
+def m008_no_walks_of_history(db: sqlite_utils.Database) -> None:
+    """Statements that ran often or at start-up and read every row ever kept, found with EXPLAIN QUERY PLAN over
+    the test suite's statements: each queue's waiting count (every call state change, on the event loop) walked
+    every call ever taken; ending a call walked every voicemail; resuming sends at start-up walked every command.
+    Each index holds the few rows those statements want (live calls, running commands) or is a plain lookup."""
+    db.execute(
+        "CREATE INDEX calls_in_queue ON calls (last_queue, waiting_since) WHERE state IN ('queued', 'ringing_agent')"
+    )
+    db.execute("CREATE INDEX voicemails_by_call ON voicemails (call_sid)")
+    db.execute("CREATE INDEX commands_running ON commands (created_at) WHERE state = 'running'")
+
+
 def _connect(path: Path | str) -> sqlite3.Connection:
     conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30.0)
     conn.row_factory = sqlite3.Row

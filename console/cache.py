@@ -1113,7 +1113,12 @@ class _Batch:
 
     def queue_waiting(self) -> int:
         if self.waiting is None:
-            self.waiting = int(self.conn.execute("SELECT count(*) FROM calls WHERE state = 'queued'").fetchone()[0])
+            # "state != 'ended'" lets SQLite count through calls_live (the live calls) instead of every call kept.
+            self.waiting = int(
+                self.conn.execute("SELECT count(*) FROM calls WHERE state != 'ended' AND state = 'queued'").fetchone()[
+                    0
+                ]
+            )
         return self.waiting
 
     def _flush_calls(self) -> None:

@@ -11,7 +11,9 @@ import pytest
 import sqlite_utils
 
 from bridge import protocol
-from bridge.commands import REPLIES_TO_CUSTOMER
+from bridge.calls import HAS_VOICEMAIL
+from bridge.commands import REPLIES_TO_CUSTOMER, UNFINISHED_SENDS
+from bridge.handoff import QUEUE_WAITING
 from bridge.messaging import (
     Conversation,
     InboundMessage,
@@ -228,6 +230,30 @@ def test_a_send_reads_only_its_customer_s_replies_through_indexes(tmp_path: Path
         "SELECT count(*) FROM messages INDEXED BY replies_by_conversation WHERE direction = 'outbound'"
     )
     assert indexed.fetchone()[0] == 4  # the replies (one not sent yet); the three texts in are not indexed
+    db.close()
+
+
+@pytest.mark.parametrize(
+    ("statement", "params", "index"),
+    [
+        (QUEUE_WAITING, ["support"], "calls_in_queue"),
+        (HAS_VOICEMAIL, ["CA" + "0" * 32], "voicemails_by_call"),
+        (UNFINISHED_SENDS, [], "commands_running"),
+    ],
+)
+def test_statements_run_often_or_at_start_up_do_not_walk_history(
+    tmp_path: Path, statement: str, params: list[str], index: str
+) -> None:
+    """m008: each goes through an index of the rows it wants (live calls, running commands) or looks one up, on a
+    database from before it too; no table is walked whole, with statistics or without."""
+    db = open_database_before(tmp_path / "bridge.db", "m008_no_walks_of_history")
+    db.close()
+    db = open_database(tmp_path / "bridge.db")
+    for _ in range(2):
+        plan = [str(row[3]) for row in db.execute("EXPLAIN QUERY PLAN " + statement, params)]
+        assert any(index in step for step in plan), plan
+        assert not [step for step in plan if step.startswith("SCAN") and "USING" not in step], plan
+        db.execute("ANALYZE")
     db.close()
 
 
