@@ -503,3 +503,36 @@ def test_a_snooze_can_be_typed_as_a_duration_a_day_or_a_time() -> None:
     assert until("17:45") == "Wed 25 17:45" and until("9:00") == "Thu 26 09:00"  # passed today: tomorrow
     for bad in ("", "next", "soon", "t", "th", "0m", "91d", "25:00", "9:5", "9", "fri 9", "1h 2m", "mon tue", "x:00"):
         assert snooze_until(bad, now, here) is None, bad
+
+
+async def test_a_narrow_inbox_gives_each_conversation_two_lines_with_its_preview(cache: Cache) -> None:
+    """At 80 columns the number, unread count and time left the preview no room on one line: each conversation
+    takes two, the preview under the customer. Keys, pages and clicks move by conversation; wider, one line again."""
+    app = SwitchboardApp(cache, ConsoleConfig(), clock=frozen_clock, tz=UTC)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        inbox = app.query_one(ConversationList)
+        assert inbox.per_row == 2
+        assert inbox.virtual_size.height == 2 * inbox.count
+        lines = [inbox.render_line(y).text for y in range(4)]
+        first, second = inbox._rows[0], inbox._rows[1]
+        assert first.customer_number[-4:] in lines[0] and "  " + first.last_preview[:10] in lines[1]
+        assert second.customer_number[-4:] in lines[2]
+        await pilot.press("down")
+        assert inbox.cursor == 1
+        await pilot.press("pagedown")  # a page: the rows a screen shows, less one
+        assert inbox.cursor == 1 + inbox.scrollable_content_region.height // 2 - 1
+        top = int(inbox.scroll_offset.y)
+        assert top % 2 == 0  # scrolled to a row's first line: the top line is never a preview alone
+        cursor_line = inbox.cursor * 2 + 1 - top  # the cursor's preview line is on screen
+        assert 0 <= cursor_line < inbox.scrollable_content_region.height
+        await pilot.click(ConversationList, offset=(5, 3))  # the second line of the second row shown
+        await settle(pilot)
+        opened = inbox._rows[top // 2 + 1]
+        assert app.query_one(ThreadView).conversation_id == opened.id
+        await pilot.resize_terminal(120, 36)
+        await settle(pilot)
+        assert inbox.per_row == 1 and inbox.virtual_size.height == inbox.count
+        assert inbox.highlighted_id == opened.id
+        line = inbox.render_line(inbox.cursor - int(inbox.scroll_offset.y)).text
+        assert opened.customer_number[-4:] in line

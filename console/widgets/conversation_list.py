@@ -33,6 +33,9 @@ RELOAD_GIVE_UP = 2.0
 """Seconds after which a reload that never landed (its worker failed) no longer holds the next one back."""
 DRAWN_KEPT = 2048
 """Drawn lines kept (see ConversationList._drawn); a few screens' worth, cleared whole when full."""
+TWO_LINES_BELOW = 44
+"""Row width (cells) under which each conversation takes two lines, the preview under the customer: on one line,
+the number, unread count and time left the preview no room at 80 or 100 columns (it showed as "…")."""
 
 
 class ConversationList(ScrollView, can_focus=True):
@@ -128,18 +131,37 @@ class ConversationList(ScrollView, can_focus=True):
         self._follow: str | None = None
         self._follow_cursor = False
         self._now = clock()
+        self.per_row = 1
+        """Lines each conversation takes: 2 under TWO_LINES_BELOW cells (see ``on_resize``)."""
         self._frame: tuple[int, Style, date] | None = None
         """(width, style, today) while a frame's lines are drawn (see ``render_lines``)."""
-        self._drawn: dict[tuple[ConversationRow, int, Style, object], Strip] = {}
-        """Each row's drawn line by (row, width, style, today's date): a frame redraws every visible line, and
-        building the Rich text, number and time anew cost ~0.3 ms a line (~20 ms a frame on a tall terminal). The
-        time shown depends on the clock only through the day (``times.short``), so after a reload only the rows
-        that changed are drawn again."""
+        self._drawn: dict[tuple[ConversationRow, int, Style, object, int], Strip] = {}
+        """Each row's drawn lines by (row, width, style, today's date, which line): a frame redraws every visible
+        line, and building the Rich text, number and time anew cost ~0.3 ms a line (~20 ms a frame on a tall
+        terminal). The time shown depends on the clock only through the day (``times.short``), so after a reload
+        only the rows that changed are drawn again."""
 
     # -- data ------------------------------------------------------------------------------------------------
 
     def on_mount(self) -> None:
         self.reload()
+
+    def on_resize(self) -> None:
+        per_row = 2 if self.scrollable_content_region.width < TWO_LINES_BELOW else 1
+        if per_row != self.per_row:
+            top = int(self.scroll_offset.y) // self.per_row
+            self.per_row = per_row
+            self._drawn.clear()
+            self._size_to_rows()
+            self.scroll_to(y=top * per_row, animate=False)
+            self._scroll_cursor_into_view()
+            self.refresh()
+
+    def _size_to_rows(self) -> None:
+        self.virtual_size = Size(self.size.width, self.count * self.per_row)
+
+    def _refresh_row(self, index: int) -> None:
+        self.refresh_lines(index * self.per_row, self.per_row)
 
     def set_filter(self, inbox: InboxFilter, keep: str | None = None) -> None:
         """Show another slice of the inbox; the cursor goes to ``keep`` if given (and shown), else to the top."""
@@ -156,7 +178,7 @@ class ConversationList(ScrollView, can_focus=True):
             if row.id == conversation_id:
                 if row.unread:
                     self._rows[index] = replace(row, unread=0)
-                    self.refresh_line(index)
+                    self._refresh_row(index)
                 return
 
     def reload(self, keep: str | None = None, *, here: bool = False) -> None:
@@ -175,7 +197,7 @@ class ConversationList(ScrollView, can_focus=True):
         self._follow = (keep or None) if keep is not None else self.highlighted_id
         self._follow_cursor = keep is None
         read = self._read if here else self._fetch
-        read(self._generation, max(0, int(self.scroll_offset.y) - WINDOW // 4), self._follow)
+        read(self._generation, max(0, int(self.scroll_offset.y) // self.per_row - WINDOW // 4), self._follow)
 
     @work(thread=True, exclusive=True, group="inbox-fetch")
     def _fetch(self, generation: int, offset: int, follow: str | None = None) -> None:
@@ -206,7 +228,7 @@ class ConversationList(ScrollView, can_focus=True):
         self.count = message.count
         self._rows = {message.offset + i: row for i, row in enumerate(message.rows)}
         self._now = self.clock()
-        self.virtual_size = Size(self.size.width, self.count)
+        self._size_to_rows()
         follow, self._follow = self._follow, None
         if self._follow_cursor:
             follow, self._follow_cursor = previous, False
@@ -261,7 +283,7 @@ class ConversationList(ScrollView, can_focus=True):
         return self.scrollable_content_region.width, self.rich_style, self._now.astimezone(self.tz).date()
 
     def render_line(self, y: int) -> Strip:
-        index = int(self.scroll_offset.y) + y
+        index, part = divmod(int(self.scroll_offset.y) + y, self.per_row)
         width, base, today = self._frame or self._frame_facts()
         if index >= self.count:
             return Strip.blank(width, base)
@@ -269,18 +291,20 @@ class ConversationList(ScrollView, can_focus=True):
         if row is None:
             self._want(index)
             style = base + self.get_component_rich_style("conversation-list--placeholder")
-            return Strip([Segment("  ·".ljust(width), style)], width)
+            return Strip([Segment(("  ·" if part == 0 else "").ljust(width), style)], width)
         if index == self.cursor:
             base = base + self.get_component_rich_style("conversation-list--cursor")
-        key = (row, width, base, today)
+        key = (row, width, base, today, part)
         strip = self._drawn.get(key)
         if strip is None:
             if len(self._drawn) >= DRAWN_KEPT:
                 self._drawn.clear()
-            strip = self._drawn[key] = self._row_strip(row, width, base)
+            strip = self._drawn[key] = self._row_strip(row, width, base, part)
         return strip
 
-    def _row_strip(self, row: ConversationRow, width: int, base: Style) -> Strip:
+    def _row_strip(self, row: ConversationRow, width: int, base: Style, part: int = 0) -> Strip:
+        """One line of a row: the whole row on one line, or (two lines a row) the customer with the counts and
+        time (``part`` 0), then the preview (``part`` 1)."""
         dim = self.get_component_rich_style("conversation-list--dim", partial=True)
         alert = self.get_component_rich_style("conversation-list--alert", partial=True)
         strong = self.get_component_rich_style("conversation-list--unread", partial=True) if row.unread else Style()
@@ -296,7 +320,6 @@ class ConversationList(ScrollView, can_focus=True):
         who = (
             one_line(row.customer_name) if row.customer_name else display_number(row.customer_number, self.phone_region)
         )
-        line.append(f"{who[:18]:<18} ", strong)
         when = times.short(row.last_at, self._now, self.tz)
         tail = Text(no_wrap=True, end="")
         if row.unread:
@@ -307,7 +330,15 @@ class ConversationList(ScrollView, can_focus=True):
             tail.append(f" {row.status}", dim)
         tail.append(f" {when:>9}", dim)
         preview = ("you: " if row.last_direction == "outbound" else "") + one_line(row.last_preview)
-        line.append(preview, Style() if row.unread else dim)
+        if self.per_row == 1:
+            line.append(f"{who[:18]:<18} ", strong)
+            line.append(preview, Style() if row.unread else dim)
+        elif part == 0:
+            line.append(who, strong)
+        else:
+            line = Text("  ", no_wrap=True, overflow="ellipsis", end="")
+            line.append(preview, Style() if row.unread else dim)
+            tail = Text(end="")
         line.truncate(max(0, width - tail.cell_len), overflow="ellipsis", pad=True)
         line.append_text(tail)
         segments = [Segment(seg.text, base + seg.style if seg.style else base) for seg in line.render(self.app.console)]
@@ -325,8 +356,8 @@ class ConversationList(ScrollView, can_focus=True):
         self._scroll_cursor_into_view()
         if self.scroll_offset.y == top:
             # Only the two rows change: a whole-list repaint cost ~6 ms of the frame that shows the cursor move.
-            self.refresh_line(old)
-            self.refresh_line(new)
+            self._refresh_row(old)
+            self._refresh_row(new)
         else:
             self.refresh()
         row = self._rows.get(new)
@@ -337,10 +368,12 @@ class ConversationList(ScrollView, can_focus=True):
         top, height = int(self.scroll_offset.y), self.scrollable_content_region.height
         if height <= 0:
             return
-        if self.cursor < top:
-            self.scroll_to(y=self.cursor, animate=False)
-        elif self.cursor >= top + height:
-            self.scroll_to(y=self.cursor - height + 1, animate=False)
+        first, last = self.cursor * self.per_row, (self.cursor + 1) * self.per_row - 1
+        if first < top:
+            self.scroll_to(y=first, animate=False)
+        elif last >= top + height:
+            # To the first line of a row, so the top line is never a preview without its customer.
+            self.scroll_to(y=-(-(last - height + 1) // self.per_row) * self.per_row, animate=False)
 
     def _move(self, to: int) -> None:
         if self.count:
@@ -352,11 +385,15 @@ class ConversationList(ScrollView, can_focus=True):
     def action_cursor_down(self) -> None:
         self._move(self.cursor + 1)
 
+    def _page(self) -> int:
+        """Rows a page moves: those a screen shows, less one kept in sight."""
+        return max(1, self.scrollable_content_region.height // self.per_row - 1)
+
     def action_page_up(self) -> None:
-        self._move(self.cursor - max(1, self.scrollable_content_region.height - 1))
+        self._move(self.cursor - self._page())
 
     def action_page_down(self) -> None:
-        self._move(self.cursor + max(1, self.scrollable_content_region.height - 1))
+        self._move(self.cursor + self._page())
 
     def action_first(self) -> None:
         self._move(0)
@@ -378,5 +415,5 @@ class ConversationList(ScrollView, can_focus=True):
         self.reload(keep=conversation_id)
 
     def on_click(self, event: events.Click) -> None:
-        self._move(int(self.scroll_offset.y) + event.y)
+        self._move((int(self.scroll_offset.y) + event.y) // self.per_row)
         self.action_open()
