@@ -536,3 +536,24 @@ async def test_a_narrow_inbox_gives_each_conversation_two_lines_with_its_preview
         assert inbox.highlighted_id == opened.id
         line = inbox.render_line(inbox.cursor - int(inbox.scroll_offset.y)).text
         assert opened.customer_number[-4:] in line
+
+
+@pytest.mark.parametrize(("size", "toasts"), [((80, 24), 1), (SIZE, 3)])
+async def test_a_batch_of_texts_gets_fewer_toasts_on_a_short_terminal(
+    cache: Cache, size: tuple[int, int], toasts: int
+) -> None:
+    """Three toasts and the summary stacked over the whole thread at 80×24: there, a batch gets one, and the rest
+    are summed up when the gap ends."""
+    app = SwitchboardApp(cache, ConsoleConfig(), link_factory=FakeLink.factory(), clock=frozen_clock, tz=UTC)
+    async with app.run_test(size=size) as pilot:
+        await settle(pilot)
+        link = app.link
+        assert isinstance(link, FakeLink)
+        log = EventLog(seq=cache.cursor(), ids="batch")
+        for n in range(4):
+            log.inbound(customer(900 + n), f"batch text {n}", NOW)
+        link.deliver(log.events)
+        await pilot.pause(0.05)
+        said = [str(n.message) for n in app._notifications]
+        assert said == [f"batch text {n}" for n in range(toasts)]
+        assert app.screen._texts_unsaid == 4 - toasts  # type: ignore[attr-defined]

@@ -55,6 +55,9 @@ NEEDS_CONVERSATION = {
     "open_attachment",
 }
 TOASTS_PER_BATCH = 3
+SHORT_SCREEN = 30
+"""Lines under which a batch of texts gets one toast, not TOASTS_PER_BATCH: at 80×24 three toasts and the summary
+stacked up over the whole thread."""
 TOAST_GAP = 2.5
 """Seconds between toasts for new texts: at 20 texts a second a toast each buried the screen, and each toast's
 arrival and departure laid the whole screen out again (~90 ms a text, measured). Texts in between are counted and
@@ -408,10 +411,11 @@ class MainScreen(CallControls, Screen[None]):
         if now < self._quiet_until:
             self._texts_unsaid += len(arrived)  # said in one toast when the gap ends
             return
-        for event in arrived[:TOASTS_PER_BATCH]:
+        toasts = TOASTS_PER_BATCH if self.app.size.height >= SHORT_SCREEN else 1
+        for event in arrived[:toasts]:
             who = display_number(str(event.data.get("customer_number", "")), self.console_app.config.region)
             self.notify(one_line(str(event.data.get("body", "")))[:80] or "(attachment)", title=f"Text from {who}")
-        self._texts_unsaid = max(0, len(arrived) - TOASTS_PER_BATCH)
+        self._texts_unsaid = max(0, len(arrived) - toasts)
         self._quiet_until = now + TOAST_GAP
         self.set_timer(TOAST_GAP, self._say_unsaid)
         if self.console_app.config.bell:
