@@ -53,6 +53,19 @@ async def running(
         yield app, pilot
 
 
+@asynccontextmanager
+async def linked(
+    cache: Cache, size: tuple[int, int] = SIZE, *, notifications: bool = False
+) -> AsyncIterator[tuple[SwitchboardApp, Pilot[Any], FakeLink]]:
+    """The console over ``cache`` with a FakeLink standing in for the bridge (to deliver events live)."""
+    app = SwitchboardApp(cache, ConsoleConfig(), link_factory=FakeLink.factory(), clock=frozen_clock, tz=UTC)
+    async with app.run_test(size=size, notifications=notifications) as pilot:
+        await settle(pilot)
+        link = app.link
+        assert isinstance(link, FakeLink)
+        yield app, pilot, link
+
+
 async def settle(pilot: Pilot[Any]) -> None:
     """Let thread workers answer and their messages repaint (bounded: every query here takes milliseconds)."""
     for _ in range(5):
@@ -345,11 +358,7 @@ async def test_offline_actions_say_they_need_the_bridge(cache: Cache) -> None:
 async def test_a_burst_of_texts_gets_one_toast_and_a_summary(cache: Cache, monkeypatch: pytest.MonkeyPatch) -> None:
     """At 20 texts a second a toast each would bury the screen: one batch's toasts, then the rest summed up."""
     monkeypatch.setattr(main_screen, "TOAST_GAP", 0.3)
-    app = SwitchboardApp(cache, ConsoleConfig(), link_factory=FakeLink.factory(), clock=frozen_clock, tz=UTC)
-    async with app.run_test(size=SIZE) as pilot:
-        await settle(pilot)
-        link = app.link
-        assert isinstance(link, FakeLink)
+    async with linked(cache) as (app, pilot, link):
         log = EventLog(seq=cache.cursor(), ids="burst")
         for n in range(6):
             log.events = []
@@ -468,11 +477,7 @@ async def test_help_and_search_say_brackets_as_written(cache: Cache) -> None:
 async def test_a_hostile_text_arriving_live_is_toasted_as_written(cache: Cache) -> None:
     from textual.widgets._toast import Toast
 
-    app = SwitchboardApp(cache, ConsoleConfig(), link_factory=FakeLink.factory(), clock=frozen_clock, tz=UTC)
-    async with app.run_test(size=SIZE, notifications=True) as pilot:
-        await settle(pilot)
-        link = app.link
-        assert isinstance(link, FakeLink)
+    async with linked(cache, notifications=True) as (app, pilot, link):
         log = EventLog(seq=cache.cursor(), ids="hostile")
         log.inbound(customer(950), "[bold red]FREE[/] [link=https://evil.example]x[/link]", NOW)
         link.deliver(log.events)
@@ -544,11 +549,7 @@ async def test_a_batch_of_texts_gets_fewer_toasts_on_a_short_terminal(
 ) -> None:
     """Three toasts and the summary stacked over the whole thread at 80×24: there, a batch gets one, and the rest
     are summed up when the gap ends."""
-    app = SwitchboardApp(cache, ConsoleConfig(), link_factory=FakeLink.factory(), clock=frozen_clock, tz=UTC)
-    async with app.run_test(size=size) as pilot:
-        await settle(pilot)
-        link = app.link
-        assert isinstance(link, FakeLink)
+    async with linked(cache, size) as (app, pilot, link):
         log = EventLog(seq=cache.cursor(), ids="batch")
         for n in range(4):
             log.inbound(customer(900 + n), f"batch text {n}", NOW)
