@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -264,6 +265,35 @@ def open_database_before(path: Path, migration: str) -> sqlite_utils.Database:
     db = sqlite_utils.Database(_connect(path))
     migrations.apply(db, stop_before=migration)
     return db
+
+
+async def test_a_batch_whose_commit_fails_is_rolled_back_before_the_next_batch_begins(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rollback of a failed commit runs in the writer thread, unawaited; the next batch's BEGIN must come after
+    it (in the thread, not on the loop), or the rollback would undo the next batch instead."""
+    commit = store._commit
+    failures = iter([True])
+
+    def slow_failing_commit() -> None:
+        if next(failures, False):
+            raise sqlite3.OperationalError("disk I/O error")
+        commit()
+
+    rollback = store._rollback
+
+    def slow_rollback() -> None:
+        time.sleep(0.2)  # still running when the next batch begins
+        rollback()
+
+    monkeypatch.setattr(store, "_commit", slow_failing_commit)
+    monkeypatch.setattr(store, "_rollback", slow_rollback)
+    with pytest.raises(sqlite3.OperationalError):
+        await store.write(appending(1))
+    event = await asyncio.wait_for(store.write(appending(2)), 10)
+    assert event.seq == 1  # the failed batch left nothing behind, and this one was not rolled back
+    assert [e.data for e in await store.read_after(0)] == [{"n": 2}]
+    await store.close()
 
 
 async def test_waiting_for_another_process_s_write_lock_does_not_stall_the_event_loop(store: SqliteStore) -> None:
