@@ -372,8 +372,10 @@ class ConversationList(ScrollView, can_focus=True):
         if first < top:
             self.scroll_to(y=first, animate=False)
         elif last >= top + height:
-            # To the first line of a row, so the top line is never a preview without its customer.
-            self.scroll_to(y=-(-(last - height + 1) // self.per_row) * self.per_row, animate=False)
+            # To the first line of a row, so the top line is never a preview without its customer (but never past
+            # the cursor's own first line, on a list shorter than a row).
+            top = -(-(last - height + 1) // self.per_row) * self.per_row
+            self.scroll_to(y=min(top, first), animate=False)
 
     def _move(self, to: int) -> None:
         if self.count:
