@@ -1113,12 +1113,7 @@ class _Batch:
 
     def queue_waiting(self) -> int:
         if self.waiting is None:
-            # "state != 'ended'" lets SQLite count through calls_live (the live calls) instead of every call kept.
-            self.waiting = int(
-                self.conn.execute("SELECT count(*) FROM calls WHERE state != 'ended' AND state = 'queued'").fetchone()[
-                    0
-                ]
-            )
+            self.waiting = int(self.conn.execute(_QUEUED_CALLS).fetchone()[0])
         return self.waiting
 
     def _flush_calls(self) -> None:
@@ -1182,6 +1177,9 @@ class _Batch:
             self.pending.clear()
 
 
+_QUEUED_CALLS = "SELECT count(*) FROM calls WHERE state != 'ended' AND state = 'queued'"
+"""Calls waiting in a queue. "state != 'ended'" lets SQLite count through calls_live (the live calls) instead of every
+call kept."""
 _CONVERSATION_INSERT = (
     "INSERT INTO conversations (id, twilio_number, customer_number, last_at) VALUES (?, ?, ?, ?) "
     "ON CONFLICT(id) DO NOTHING"
