@@ -18,7 +18,9 @@ With the console (``BridgeLink._catch_up_in_helper``):
   stops, and what it had not committed is rolled back (the cursor moves in the same transaction as the events, so
   nothing is ever half-applied).
 - stdout: one JSON line per commit, ``{"cursor": N, "conversations": [...]}``, for the console's repaints, and
-  between commits ``{"reached": N}`` (the last event applied, not yet committed), for its progress.
+  between commits ``{"reached": N}`` (the last event applied, not yet committed), for its progress. The line of the
+  last commit, once caught up, also says ``"done": true``: the console goes on from there without waiting for the
+  helper to exit.
 - exit status: 0 once the stream has caught up or the cursor has reached ``until``; 1 if anything went wrong (the
   reason on stderr: the console then catches up by itself, and its own connection says what the matter is); 2 for
   bad input.
@@ -124,14 +126,16 @@ class _Writer:
         self.held += len(applied)
         self.touched.update(str(e.data["conversation_id"]) for e in applied if e.data.get("conversation_id"))
         if last or self.held >= COMMIT_EVERY or now - self.opened >= COMMIT_AFTER:
-            self.commit()
+            self.commit(done=last)
         elif applied and now - self.said >= PROGRESS_EVERY:
             self.say({"reached": applied[-1].seq})
 
-    def commit(self) -> None:
+    def commit(self, *, done: bool = False) -> None:
+        """Commit the open transaction; ``done``: the catch-up is over (the console need not wait for the exit)."""
         self.cache.apply([], commit=True)
-        if self.held:
-            self.say({"cursor": self.cache.cursor(), "conversations": sorted(self.touched)})
+        if self.held or done:
+            line: dict[str, Any] = {"cursor": self.cache.cursor(), "conversations": sorted(self.touched)}
+            self.say({**line, "done": True} if done else line)
         self.held = 0
         self.touched = set()
         gc.collect()  # the collector is off during a catch-up (see catch_up): what cycles there are go here

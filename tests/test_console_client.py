@@ -47,6 +47,8 @@ from console.client import (
     BridgeLink,
     LinkState,
     LinkStatus,
+    on_this_machine,
+    open_stream,
     read_outbox,
     stream_url,
 )
@@ -533,6 +535,30 @@ def test_stream_urls() -> None:
     assert stream_url("WSS://x.example.com", 3) == "wss://x.example.com/v1/stream?after=3&batch=1"
 
 
+@pytest.mark.parametrize(
+    ("url", "local"),
+    [
+        ("http://127.0.0.1:8000", True),
+        ("http://127.8.9.10", True),
+        ("http://localhost:8080", True),
+        ("https://LOCALHOST", True),
+        ("http://[::1]:8000", True),
+        ("http://10.0.0.7:8000", False),
+        ("https://bridge.example.com", False),
+        ("https://localhost.example.com", False),
+        ("http://[2001:db8::1]", False),
+    ],
+)
+def test_a_bridge_on_this_machine_is_told_apart(url: str, local: bool) -> None:
+    assert on_this_machine(url) is local
+
+
+async def test_the_stream_from_a_bridge_on_this_machine_is_not_compressed(world: World) -> None:
+    await world.bridge.start()
+    async with open_stream(world.url, world.add_agent("ann"), 0) as ws:
+        assert ws.protocol.extensions == []  # no permessage-deflate: over loopback it would only cost CPU
+
+
 # -- backoff ----------------------------------------------------------------------------------------------------
 
 
@@ -860,8 +886,8 @@ where = sys.argv[1]
 commit, apply = helper._Writer.commit, Cache.apply
 commits = []
 
-def killing_commit(self):
-    commit(self)
+def killing_commit(self, **kwargs):
+    commit(self, **kwargs)
     commits.append(self.cache.cursor())
     if where == "after-commit":
         os.kill(os.getpid(), signal.SIGKILL)
@@ -960,6 +986,37 @@ async def test_the_helpers_progress_shows_before_its_transaction_commits(world: 
     assert progress == sorted(progress) and 0 < progress[0] < progress[-1] < 1
     assert [b.cursor for b in seen.batches if not b.events] == [3000]  # one commit
     assert connected.reached is None and connected.progress == 1.0 and cache.cursor() == 3000
+
+
+# The helper as it runs, but slow to exit once it has said it is done (as a close handshake or a teardown can be).
+HELPER_SLOW_TO_EXIT = """
+import sys, time
+import console.catchup as helper
+
+status = helper.main()
+time.sleep(30)  # the console closes its input and, after HELPER_EXIT, kills it
+sys.exit(status)
+"""
+
+
+async def test_the_console_goes_on_once_the_helper_says_it_is_done_and_ends_it_later(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from console import client
+
+    monkeypatch.setattr(client, "HELPER_EXIT", 1.0)
+    cache, seen = await far_behind(world, 3000, (sys.executable, "-c", HELPER_SLOW_TO_EXIT))
+    await until(lambda: seen.link.helper is not None, "the helper to start")
+    helper = seen.link.helper
+    assert helper is not None
+    await seen.reach(LinkState.CONNECTED, timeout=30)
+
+    # Live on its own connection from the helper's last commit, while the helper has not exited.
+    assert helper.returncode is None and seen.link.helper is None
+    assert world.attempts == ["after=0&batch=1", "after=3000&batch=1"] and cache.cursor() == 3000
+    async with asyncio.timeout(10):
+        await seen.link.stop()
+    assert helper.returncode is not None  # stopping waited for it (killed after HELPER_EXIT)
 
 
 async def test_stopping_the_console_mid_catch_up_ends_the_helper(world: World) -> None:
