@@ -45,6 +45,7 @@ from types import TracebackType
 from typing import Any, Final, NoReturn, TypeVar
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
+import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
@@ -609,7 +610,7 @@ class BridgeLink:
         try:
             while True:
                 raw = await ws.recv()
-                await frames.put(protocol.parse_server_frame(raw))
+                await frames.put(protocol.parse_server_frame(raw, orjson.loads))
                 count += 1
                 if count % 256 == 0:
                     await asyncio.sleep(0)  # a long burst from the buffer must not starve the UI

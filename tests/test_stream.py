@@ -9,6 +9,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
+import orjson
 import pytest
 from starlette.testclient import TestClient, WebSocketDenialResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -293,6 +294,39 @@ def test_batch_must_be_0_or_1(client: TestClient, agent_token: str) -> None:
 def test_a_bad_events_frame_is_a_protocol_error(frame: dict[str, Any]) -> None:
     with pytest.raises(protocol.ProtocolError):
         protocol.parse_server_frame(json.dumps(frame))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"seq": 1, "type": "x", "data": {}',  # cut short
+        "[" * 5000 + "]" * 5000,  # nested too deeply
+        r'{"seq": 1, "type": "x", "data": {"body": "\ud800"}}',  # a lone surrogate (the standard library takes it)
+        b'{"seq": 1, "type": "x", "data": {"body": "\xff"}}',  # not UTF-8
+        "[1, 2]",
+    ],
+)
+def test_the_consoles_faster_decoder_turns_what_it_cannot_read_into_protocol_errors(text: str | bytes) -> None:
+    # The console decodes frames with orjson; whatever it refuses is a ProtocolError, as with the standard library.
+    with pytest.raises(protocol.ProtocolError):
+        protocol.parse_server_frame(text, orjson.loads)
+
+
+def test_the_consoles_faster_decoder_reads_frames_as_the_standard_library_does() -> None:
+    frame = {
+        "type": "events",
+        "events": [
+            {
+                "seq": 7,
+                "type": "message.received",
+                "ts": "t",
+                "data": {"body": "héllo 👋 [b]x[/b] \x1b[2J", "n": 2**62},
+            },
+            {"seq": 8, "type": "message.status", "ts": "t", "data": {"error_code": None, "ok": True, "x": 1.5}},
+        ],
+    }
+    text = json.dumps(frame, ensure_ascii=False)
+    assert protocol.parse_server_frame(text, orjson.loads) == protocol.parse_server_frame(text)
 
 
 class _Socket:
