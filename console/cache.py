@@ -563,9 +563,7 @@ class Cache:
 
     # -- applying events -------------------------------------------------------------------------------------
 
-    def apply(
-        self, events: Sequence[protocol.Event], *, commit: bool = True, index_search: bool = True
-    ) -> list[protocol.Event]:
+    def apply(self, events: Sequence[protocol.Event], *, commit: bool = True) -> list[protocol.Event]:
         """Apply events after the cursor, in order, and move the cursor, all in one transaction.
 
         Events at or before the cursor are skipped (a replay overlap); a gap raises, so nothing is ever skipped.
@@ -576,9 +574,6 @@ class Cache:
         catch-up helper's) streams that way: each index page is written once per transaction and each conversation
         updated once, while only one call's events are in memory. Any failure rolls the whole open transaction
         back. Other threads' writes wait for the write lock meanwhile, as they wait for any transaction.
-
-        With ``index_search=False`` the commit leaves the new texts out of the full-text index; the next commit
-        that indexes (any other, or ``index_search()``) adds them: the index keeps the last position it holds.
         """
         held: _Held | None = getattr(self._local, "held", None)
         if held is None:
@@ -614,8 +609,7 @@ class Cache:
                 return applied
             batch.flush()
             batch.prune_depth()
-            if index_search:
-                _index_new_messages(conn)
+            _index_new_messages(conn)
             conn.execute(
                 "INSERT INTO meta (key, value) VALUES ('cursor', ?) "
                 "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
@@ -632,19 +626,6 @@ class Cache:
             self.inbox_version += 1
         self.checkpoints.after_commit()
         return applied
-
-    def index_search(self) -> None:
-        """Add the texts that commits with ``index_search=False`` left out to the full-text index, in a
-        transaction of its own."""
-        with self._write_lock:
-            conn = self.conn()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                _index_new_messages(conn)
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
 
     # -- reading ---------------------------------------------------------------------------------------------
 

@@ -6,12 +6,6 @@ link's Python and the link for the screen's drawing (a 100k-event catch-up took 
 7.5 s without, and keys pressed meanwhile waited p99 ~280 ms: bench_console). So ``BridgeLink`` hands a long
 catch-up to this helper (``python -m console.catchup``) and the screen stays responsive meanwhile.
 
-Once its last commit is in, the helper says so (the console goes live from there) and only then adds the new texts
-to the full-text index, in a transaction of its own: 0.3–0.4 s of a 100k-event catch-up that the agent no longer
-waits for. Meanwhile a search does not find those texts yet, and the console's next write waits for the helper's
-(the index keeps the last position it holds, so whichever commits first indexes them, once). If the helper stops
-before, the console's next commit indexes them.
-
 Without a screen to share memory with, the helper also streams the replay into long transactions
 (``Cache.apply(commit=False)``): each index page of a large cache is written once per transaction and each
 conversation updated once, where a console holding its batches in memory had to commit every few thousand events.
@@ -142,9 +136,8 @@ class _Writer:
             self.say({"reached": applied[-1].seq})
 
     def commit(self, *, done: bool = False) -> None:
-        """Commit the open transaction; ``done``: the catch-up is over (the console need not wait for the exit).
-        The texts go into the full-text index after (see ``_catch_up``)."""
-        self.cache.apply([], commit=True, index_search=False)
+        """Commit the open transaction; ``done``: the catch-up is over (the console need not wait for the exit)."""
+        self.cache.apply([], commit=True)
         if self.held or done:
             line: dict[str, Any] = {"cursor": self.cache.cursor(), "conversations": sorted(self.touched)}
             self.say({**line, "done": True} if done else line)
@@ -212,7 +205,6 @@ async def _catch_up(params: dict[str, Any], out: TextIO) -> int:
                             break
                         item = frames.get_nowait()
                     if await writer.run(writer.feed, raws):
-                        await writer.run(writer.cache.index_search)
                         return EXIT_CAUGHT_UP
                     if ended is not None:
                         await writer.run(writer.commit)  # what arrived before the end is whole: keep it

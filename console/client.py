@@ -93,9 +93,6 @@ HELPER_STALL: Final = 30.0
 """Seconds the helper may go without committing anything before the console stops it and catches up by itself."""
 HELPER_LINE_LIMIT: Final = 16 * 1024 * 1024
 """Longest progress line the helper may write (it names every conversation a transaction touched)."""
-HELPER_FINISHING: Final = 60.0
-"""Seconds a helper that said it was done may take to finish (index the texts for search) and exit by itself, before
-it is told to stop: 100k texts take ~0.4 s; what it had not committed is indexed by the console's next commit."""
 HELPER_EXIT: Final = 5.0
 """Seconds the helper has to exit once stopped, before it is killed (its open transaction is then rolled back)."""
 
@@ -402,9 +399,8 @@ class BridgeLink:
         self.helper_command = tuple(helper_command or (sys.executable, "-m", "console.catchup"))
         self.helper: asyncio.subprocess.Process | None = None
         """The catch-up helper while it runs."""
-        self._helpers_ending: dict[asyncio.Task[None], asyncio.Event] = {}
-        """Helpers that said they were done, finishing (the search index) and exiting while the link goes on, each
-        with the event that tells it to stop now; ``stop`` sets them and waits."""
+        self._helpers_ending: set[asyncio.Task[None]] = set()
+        """Helpers that said they were done, exiting while the link goes on (``stop`` waits for them)."""
         # One worker thread owns every cache call the link makes: writes are serialised, the loop never waits.
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="switchboard-link")
         self._status = LinkStatus(LinkState.OFFLINE, "Not connected yet: showing the cache.")
@@ -453,8 +449,6 @@ class BridgeLink:
             inner.cancel()
             await asyncio.wait({inner})  # if stop() itself is cancelled, that goes through
         if self._helpers_ending:
-            for now in self._helpers_ending.values():
-                now.set()  # stop now: what it had not committed is rolled back
             await asyncio.wait(set(self._helpers_ending))
         if task is not None and not task.done():
             if inner is None:  # started, but run() has not begun yet
@@ -831,14 +825,11 @@ class BridgeLink:
         finally:
             try:
                 if done:
-                    # Not waited for: what the helper does after (the search index, its exit) is its own business,
-                    # and took 0.5-0.7 s that the agent would otherwise wait through.
-                    now = asyncio.Event()
-                    ending = asyncio.create_task(
-                        _end_helper(proc, said, linger=(HELPER_FINISHING, now)), name="catch-up helper finishing"
-                    )
-                    self._helpers_ending[ending] = now
-                    ending.add_done_callback(lambda task: self._helpers_ending.pop(task, None))
+                    # Not waited for: a helper's exit (the socket's close handshake, the interpreter's teardown)
+                    # took ~0.25 s that the agent would otherwise wait through.
+                    ending = asyncio.create_task(_end_helper(proc, said), name="catch-up helper exiting")
+                    self._helpers_ending.add(ending)
+                    ending.add_done_callback(self._helpers_ending.discard)
                 else:
                     await _end_helper(proc, said)
             finally:
@@ -1154,20 +1145,9 @@ async def _finish(tasks: list[asyncio.Task[None]], ws: ClientConnection) -> None
             task.exception()  # retrieved, so asyncio does not log "never retrieved"
 
 
-async def _end_helper(
-    proc: asyncio.subprocess.Process, said: asyncio.Task[bytes], linger: tuple[float, asyncio.Event] | None = None
-) -> None:
+async def _end_helper(proc: asyncio.subprocess.Process, said: asyncio.Task[bytes]) -> None:
     """Close the helper's input (it stops at end of input) and wait for it; kill it if it lingers. Logs what it
-    said on stderr (``said``) if it failed. With ``linger`` (seconds, an event), first give it that long to finish
-    and exit by itself, unless the event is set meanwhile."""
-    if linger is not None:
-        seconds, now = linger
-        waits = {asyncio.ensure_future(proc.wait()), asyncio.ensure_future(now.wait())}
-        try:
-            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for wait in waits:
-                wait.cancel()
+    said on stderr (``said``) if it failed."""
     if proc.stdin is not None:
         proc.stdin.close()
     try:

@@ -72,26 +72,6 @@ def test_search_is_newest_first_and_treats_text_as_words(tmp_path: Path) -> None
     assert cache.search("   ") == []
 
 
-@pytest.mark.parametrize("then", ["index_search", "a later commit"])
-def test_texts_committed_without_indexing_are_searchable_once_indexed_and_only_once(tmp_path: Path, then: str) -> None:
-    cache = Cache(tmp_path / "c.db")
-    cache.apply([received(1, "refund please")])
-    cache.apply([received(2, "refund again"), received(3, "other")], commit=False)
-    cache.apply([received(4, "refund at last")], index_search=False)
-    assert cache.cursor() == 4 and len(cache.messages(CID)) == 4
-    assert [m.body for m in cache.search("refund")] == ["refund please"]  # committed, not indexed yet
-    if then == "index_search":
-        cache.index_search()
-    else:
-        cache.apply([received(5, "refund five")])
-    expected = ["refund at last", "refund again", "refund please"]
-    assert [m.body for m in cache.search("refund")] == (
-        expected if then == "index_search" else ["refund five", *expected]
-    )
-    cache.index_search()  # nothing left to add: no text is indexed twice
-    assert len(cache.search("refund")) == len(expected) + (then != "index_search")
-
-
 def test_keyset_paging_of_the_inbox(tmp_path: Path) -> None:
     cache = Cache(tmp_path / "c.db")
     events = []
