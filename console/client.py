@@ -399,8 +399,9 @@ class BridgeLink:
         self.helper_command = tuple(helper_command or (sys.executable, "-m", "console.catchup"))
         self.helper: asyncio.subprocess.Process | None = None
         """The catch-up helper while it runs."""
-        self._helpers_ending: set[asyncio.Task[None]] = set()
-        """Helpers that said they were done, exiting while the link goes on (``stop`` waits for them)."""
+        self._helpers_ending: dict[asyncio.Task[None], asyncio.Event] = {}
+        """Helpers that said they were done, exiting while the link goes on, each with the event that tells it to
+        stop now; ``stop`` sets them and waits."""
         # One worker thread owns every cache call the link makes: writes are serialised, the loop never waits.
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="switchboard-link")
         self._status = LinkStatus(LinkState.OFFLINE, "Not connected yet: showing the cache.")
@@ -449,6 +450,8 @@ class BridgeLink:
             inner.cancel()
             await asyncio.wait({inner})  # if stop() itself is cancelled, that goes through
         if self._helpers_ending:
+            for now in self._helpers_ending.values():
+                now.set()
             await asyncio.wait(set(self._helpers_ending))
         if task is not None and not task.done():
             if inner is None:  # started, but run() has not begun yet
@@ -826,10 +829,14 @@ class BridgeLink:
             try:
                 if done:
                     # Not waited for: a helper's exit (the socket's close handshake, the interpreter's teardown)
-                    # took ~0.25 s that the agent would otherwise wait through.
-                    ending = asyncio.create_task(_end_helper(proc, said), name="catch-up helper exiting")
-                    self._helpers_ending.add(ending)
-                    ending.add_done_callback(self._helpers_ending.discard)
+                    # took ~0.25 s that the agent would otherwise wait through. Its input stays open meanwhile:
+                    # closed, it would stop, and say it failed, on its way out.
+                    now = asyncio.Event()
+                    ending = asyncio.create_task(
+                        _end_helper(proc, said, linger=(HELPER_EXIT, now)), name="catch-up helper exiting"
+                    )
+                    self._helpers_ending[ending] = now
+                    ending.add_done_callback(lambda task: self._helpers_ending.pop(task, None))
                 else:
                     await _end_helper(proc, said)
             finally:
@@ -1145,9 +1152,20 @@ async def _finish(tasks: list[asyncio.Task[None]], ws: ClientConnection) -> None
             task.exception()  # retrieved, so asyncio does not log "never retrieved"
 
 
-async def _end_helper(proc: asyncio.subprocess.Process, said: asyncio.Task[bytes]) -> None:
+async def _end_helper(
+    proc: asyncio.subprocess.Process, said: asyncio.Task[bytes], linger: tuple[float, asyncio.Event] | None = None
+) -> None:
     """Close the helper's input (it stops at end of input) and wait for it; kill it if it lingers. Logs what it
-    said on stderr (``said``) if it failed."""
+    said on stderr (``said``) if it failed. With ``linger`` (seconds, an event), first give it that long to exit by
+    itself, unless the event is set meanwhile."""
+    if linger is not None:
+        seconds, now = linger
+        waits = {asyncio.ensure_future(proc.wait()), asyncio.ensure_future(now.wait())}
+        try:
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
     if proc.stdin is not None:
         proc.stdin.close()
     try:

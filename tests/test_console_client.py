@@ -922,7 +922,9 @@ async def far_behind(world: World, events: int, command: tuple[str, ...] | None 
     return cache, seen
 
 
-async def test_a_long_catch_up_runs_in_the_helper_process_and_the_console_takes_over_live(world: World) -> None:
+async def test_a_long_catch_up_runs_in_the_helper_process_and_the_console_takes_over_live(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
     cache, seen = await far_behind(world, 3000)
     connected = await seen.reach(LinkState.CONNECTED, timeout=30)
 
@@ -939,8 +941,13 @@ async def test_a_long_catch_up_runs_in_the_helper_process_and_the_console_takes_
     assert seen.link.helper is None
     # Live events come to the console itself.
     await text_in(world.url, "after the catch-up")
-    await until(lambda: cache.cursor() == 3001, "the live text")
-    assert [e.type for b in seen.batches for e in b.events] == [protocol.MESSAGE_RECEIVED]
+    # (The link hears of its batch after the commit that moves the cursor: wait for that, not for the cursor.)
+    await until(lambda: any(b.events for b in seen.batches), "the live text")
+    assert [e.type for b in seen.batches for e in b.events] == [protocol.MESSAGE_RECEIVED] and cache.cursor() == 3001
+    # The helper, done, exited by itself (its input left open, it did not stop and say it had failed).
+    async with asyncio.timeout(10):
+        await seen.link.stop()
+    assert "catch-up helper exited" not in caplog.text
 
 
 async def test_a_short_catch_up_stays_in_the_console(world: World) -> None:
