@@ -399,6 +399,8 @@ class BridgeLink:
         self.helper_command = tuple(helper_command or (sys.executable, "-m", "console.catchup"))
         self.helper: asyncio.subprocess.Process | None = None
         """The catch-up helper while it runs."""
+        self._head_soon: asyncio.Future[int | None] | None = None
+        """The bridge's head, asked for as the link starts, for its first catch-up decision (``_run``)."""
         self._helpers_ending: dict[asyncio.Task[None], asyncio.Event] = {}
         """Helpers that said they were done, exiting while the link goes on, each with the event that tells it to
         stop now; ``stop`` sets them and waits."""
@@ -527,6 +529,10 @@ class BridgeLink:
                 detail = "No agent token is set." if not self.token else "The agent token has characters no token has."
                 return self._set(LinkState.TOKEN_REJECTED, f"{detail} Ask your admin for one.", retry_at=None)
             self.backoff.reset()
+            if self.catch_up_helper and self._head_soon is None:
+                # Asked now, beside the cache's first read: at start-up the screen's first paint holds the event loop,
+                # and each hop between the two would wait for it.
+                self._head_soon = asyncio.ensure_future(asyncio.to_thread(_fetch_head, health_url(self.bridge_url)))
             cursor, pending = await self._db(self._prepare_sync)
             self._update(cursor=cursor, outbox_pending=pending)
             while True:
@@ -560,6 +566,10 @@ class BridgeLink:
             raise
         finally:
             self._session = None
+            if self._head_soon is not None:
+                self._head_soon.cancel()
+                self._head_soon.add_done_callback(_quietly)
+                self._head_soon = None
 
     # -- one connection --------------------------------------------------------------------------------------
 
@@ -763,11 +773,14 @@ class BridgeLink:
         path = str(self.cache.path)
         if path == ":memory:" or path.startswith("file:"):
             return
+        soon, self._head_soon = self._head_soon, None  # asked at start-up (see _run), for the first attempt only
         try:
-            head = await asyncio.to_thread(_fetch_head, health_url(self.bridge_url))
+            head = await (soon or asyncio.to_thread(_fetch_head, health_url(self.bridge_url)))
         except Exception:  # unreachable, or not a bridge: the connection attempt says which
             return
-        cursor = await self._db(self.cache.cursor)
+        cursor = self._status.cursor if soon is not None and self._status.cursor is not None else None
+        if cursor is None:
+            cursor = await self._db(self.cache.cursor)
         if head is None or head - cursor < self.helper_from:
             return
         try:
@@ -1194,6 +1207,12 @@ async def _tail(stream: asyncio.StreamReader, keep: int = 4096) -> bytes:
     while chunk := await stream.read(65536):
         kept = (kept + chunk)[-keep:]
     return kept
+
+
+def _quietly(future: asyncio.Future[Any]) -> None:
+    """Retrieve a dropped future's outcome, so asyncio does not report it as never retrieved."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _fetch_head(url: str) -> int | None:
