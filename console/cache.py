@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from bridge import protocol
 
@@ -536,6 +536,9 @@ class Cache:
         self.inbox_version = 0
         """Moves on when an applied batch adds a conversation or changes one's status or assignee (what the inbox's
         filters select on), so a count taken at the same version still holds."""
+        self.bulk_search_index = False
+        """Add a commit's texts to the full-text index without merging its segments meanwhile (the catch-up
+        helper's long transactions; see ``_index_new_messages``)."""
 
     def conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -609,7 +612,7 @@ class Cache:
                 return applied
             batch.flush()
             batch.prune_depth()
-            _index_new_messages(conn)
+            _index_new_messages(conn, bulk=self.bulk_search_index)
             conn.execute(
                 "INSERT INTO meta (key, value) VALUES ('cursor', ?) "
                 "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
@@ -962,13 +965,27 @@ def _message(row: sqlite3.Row) -> MessageRow:
     )
 
 
-def _index_new_messages(conn: sqlite3.Connection) -> None:
-    """Add the messages inserted since the last call to the full-text index, in one statement."""
+SEARCH_AUTOMERGE: Final = 4
+"""FTS5's automerge setting (its default): how many segments of one level an insert starts merging."""
+
+
+def _index_new_messages(conn: sqlite3.Connection, *, bulk: bool = False) -> None:
+    """Add the messages inserted since the last call to the full-text index, in one statement.
+
+    ``bulk``: with FTS5's automerge off for the insert, and back on after it, in the same transaction. A large
+    insert otherwise merges the index's segments again and again as it flushes them: indexing a 100k-event
+    catch-up's texts into the 1M-message cache took 0.35–0.45 s with merging and 0.14 s without (a one-off
+    experiment on copies of the bench cache, two runs each). The few segments it leaves are merged by FTS5 as later
+    texts come in: one of the next 40 live texts then took 44 ms to apply instead of ~0.6 ms."""
     row = conn.execute("SELECT value FROM meta WHERE key = 'fts_pos'").fetchone()
     done = int(row[0]) if row else 0
     top = conn.execute("SELECT coalesce(max(pos), 0) FROM messages").fetchone()[0]
     if top > done:
+        if bulk:
+            conn.execute("INSERT INTO messages_fts (messages_fts, rank) VALUES ('automerge', 0)")
         conn.execute("INSERT INTO messages_fts (rowid, body) SELECT pos, body FROM messages WHERE pos > ?", (done,))
+        if bulk:
+            conn.execute("INSERT INTO messages_fts (messages_fts, rank) VALUES ('automerge', ?)", (SEARCH_AUTOMERGE,))
         conn.execute(
             "INSERT INTO meta (key, value) VALUES ('fts_pos', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
             (str(top),),

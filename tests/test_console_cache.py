@@ -72,6 +72,20 @@ def test_search_is_newest_first_and_treats_text_as_words(tmp_path: Path) -> None
     assert cache.search("   ") == []
 
 
+def test_a_bulk_indexed_commit_is_searchable_and_leaves_merging_on(tmp_path: Path) -> None:
+    cache = Cache(tmp_path / "c.db")
+    cache.bulk_search_index = True  # as the catch-up helper runs
+    cache.apply([received(n, f"refund number {n}") for n in range(1, 2001)])
+    conn = cache.conn()
+    assert conn.execute("SELECT v FROM messages_fts_config WHERE k = 'automerge'").fetchone()[0] == 4
+    assert [m.body for m in cache.search("refund 2000")] == ["refund number 2000"]
+    assert len(cache.search("refund", limit=5000)) == 2000
+    cache.bulk_search_index = False
+    cache.apply([received(2001, "refund at last")])  # a live text: FTS5 merges as it goes
+    assert [m.body for m in cache.search("refund last")] == ["refund at last"]
+    conn.execute("INSERT INTO messages_fts (messages_fts) VALUES ('integrity-check')")  # raises if it is damaged
+
+
 def test_keyset_paging_of_the_inbox(tmp_path: Path) -> None:
     cache = Cache(tmp_path / "c.db")
     events = []
