@@ -833,6 +833,9 @@ class BridgeLink:
                     log.warning("the catch-up helper said something unexpected: %r", line[:200])
                     continue
                 self._update(cursor=cursor, head=max(head, cursor), applied=cursor - start, reached=None)
+                # Conversations may have come, or changed status or owner, in another process's commit: counts
+                # taken before no longer hold.
+                self.cache.inbox_version += 1
                 # No events: the UI cannot tell what kind changed, so it repaints the calls too.
                 self._call(self.on_batch, AppliedBatch((), cursor, True, touched))
                 if progress.get("done") is True:

@@ -926,9 +926,12 @@ async def test_a_long_catch_up_runs_in_the_helper_process_and_the_console_takes_
     world: World, caplog: pytest.LogCaptureFixture
 ) -> None:
     cache, seen = await far_behind(world, 3000)
+    version = cache.inbox_version
     connected = await seen.reach(LinkState.CONNECTED, timeout=30)
 
     assert cache.cursor() == 3000 and connected.cursor == 3000 and connected.head == 3000
+    # The helper's commits added conversations behind this process's back: inbox counts taken before are stale.
+    assert cache.inbox_version > version
     assert message_counts(cache) == (3000, 3000, 3000)
     # The helper replayed from 0 on its own connection; the console resumed where it had committed.
     assert world.attempts == ["after=0&batch=1", "after=3000&batch=1"]
