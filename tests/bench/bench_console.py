@@ -935,10 +935,17 @@ def _row_shows(cid: str, last_at: str) -> Callable[[Any, int], bool]:
 
 
 async def keys_meanwhile(
-    probe: Probe, app: Any, until: Callable[[], bool], every: float, limit: int, seconds: float = 90.0
+    probe: Probe,
+    app: Any,
+    until: Callable[[], bool],
+    every: float,
+    limit: int,
+    seconds: float = 90.0,
+    timeline: list[tuple[float, float | None]] | None = None,
 ) -> tuple[list[float], int]:
     """Press down/up every ``every`` s until ``until()`` (or ``limit`` keys, or ``seconds``); returns key → cursor
-    painted for each key, and how many keys were not painted within 5 s."""
+    painted for each key, and how many keys were not painted within 5 s. ``timeline`` gets (when pressed, by
+    ``time.perf_counter()``; its latency, None if not painted) for each key."""
     from console.widgets.conversation_list import ConversationList
 
     latencies: list[float] = []
@@ -952,10 +959,14 @@ async def keys_meanwhile(
         t0 = time.perf_counter()
         press(app, "down" if n % 2 == 0 else "up")
         n += 1
+        latency: float | None = None
         try:
-            latencies.append(await wait(painted, "a key's paint", 5.0) - t0)
+            latency = await wait(painted, "a key's paint", 5.0) - t0
+            latencies.append(latency)
         except TimeoutError:
             missed += 1
+        if timeline is not None:
+            timeline.append((t0, latency))
         await asyncio.sleep(max(0.0, slot - time.perf_counter()))
     return latencies, missed
 
@@ -1015,7 +1026,10 @@ async def phase_catch_up(probe: Probe, params: dict[str, Any]) -> dict[str, Any]
 
     async with console(probe, params["cache"], params["headless"], link_factory=factory) as (app, facts):
         since = time.perf_counter()
-        during, missed = await keys_meanwhile(probe, app, caught.done, params["every"], 10_000, CATCH_UP_LIMIT)
+        pressed: list[tuple[float, float | None]] = []
+        during, missed = await keys_meanwhile(
+            probe, app, caught.done, params["every"], 10_000, CATCH_UP_LIMIT, timeline=pressed
+        )
         caught_at: float | None = None
         with contextlib.suppress(TimeoutError):
             caught_at = await wait(caught, "caught_up", 5.0)
@@ -1043,6 +1057,11 @@ async def phase_catch_up(probe: Probe, params: dict[str, Any]) -> dict[str, Any]
             "keys_idle": summary_ms(idle),
             "keys_idle_missed": idle_missed,
             "states": [(round(t - marks["link_start"], 4), s, d) for t, s, d in states],
+            # Each key during the catch-up: when it was pressed (s after link start) and its latency (ms), to see
+            # where in the catch-up the slow ones fall.
+            "keys_timeline": [
+                (round(t - marks["link_start"], 4), None if d is None else round(d * 1000, 1)) for t, d in pressed
+            ],
             "memory": memory(),
         }
         probe.deliver(result)
