@@ -532,7 +532,7 @@ class BridgeLink:
             if self.catch_up_helper and self._head_soon is None:
                 # Asked now, beside the cache's first read: at start-up the screen's first paint holds the event loop,
                 # and each hop between the two would wait for it.
-                self._head_soon = asyncio.ensure_future(asyncio.to_thread(_fetch_head, health_url(self.bridge_url)))
+                self._head_soon = asyncio.ensure_future(self._ask_head())
             cursor, pending = await self._db(self._prepare_sync)
             self._update(cursor=cursor, outbox_pending=pending)
             while True:
@@ -775,12 +775,12 @@ class BridgeLink:
             return
         soon, self._head_soon = self._head_soon, None  # asked at start-up (see _run), for the first attempt only
         try:
-            head = await (soon or asyncio.to_thread(_fetch_head, health_url(self.bridge_url)))
+            head = await (soon or self._ask_head())
         except Exception:  # unreachable, or not a bridge: the connection attempt says which
             return
-        cursor = self._status.cursor if soon is not None and self._status.cursor is not None else None
-        if cursor is None:
-            cursor = await self._db(self.cache.cursor)
+        # The first attempt has the cursor _run just read; a later one reads it again.
+        known = self._status.cursor if soon is not None else None
+        cursor = known if known is not None else await self._db(self.cache.cursor)
         if head is None or head - cursor < self.helper_from:
             return
         try:
@@ -860,10 +860,14 @@ class BridgeLink:
                 self._update(reached=None)  # what was not committed is rolled back
                 self.cache.checkpoints.paused = False  # the connection that follows pauses them while it catches up
 
+    async def _ask_head(self) -> int | None:
+        """The bridge's head from its /healthz, asked in a thread (None if it does not say); raises if unreachable."""
+        return await asyncio.to_thread(_fetch_head, health_url(self.bridge_url))
+
     async def _learn_head(self) -> None:
         """The bridge's last event, from /healthz, so catch-up can show progress. Optional: failures are ignored."""
         try:
-            head = await asyncio.to_thread(_fetch_head, health_url(self.bridge_url))
+            head = await self._ask_head()
         except Exception:
             return
         if head is not None and self._status.state in (LinkState.CATCHING_UP, LinkState.CONNECTED):
