@@ -9,13 +9,13 @@ here: they are recorded as *intents* (``voice_intents``) in the same commit, and
 from __future__ import annotations
 
 import json
-import secrets
 import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
 from bridge import protocol
 from bridge.store import Tx
+from bridge.types import new_id
 
 LIVE_STATES = frozenset({"queued", "ringing_agent", "connected", "on_hold", "consulting", "transferring"})
 IN_CONFERENCE = frozenset({"connected", "on_hold", "consulting", "transferring"})
@@ -26,10 +26,6 @@ SYSTEM_AGENT = "switchboard"
 """Who the bridge's own texts (the missed-call text) are sent as."""
 HAS_VOICEMAIL = "SELECT 1 FROM voicemails WHERE call_sid = ?"
 """Whether an ending call left a voicemail: through ``voicemails_by_call`` (m008)."""
-
-
-def new_id(prefix: str) -> str:
-    return prefix + secrets.token_hex(16)
 
 
 # -- reading --------------------------------------------------------------------------------------------------

@@ -14,7 +14,6 @@ import contextlib
 import json
 import logging
 import re
-import secrets
 import sqlite3
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from typing import Any
 
 from bridge import protocol
 from bridge.store import SqliteStore, StoredEvent, Tx
+from bridge.types import new_id
 
 log = logging.getLogger("switchboard.bridge.conversations")
 
@@ -225,7 +225,7 @@ def record_status_change(tx: Tx, change: StatusChange, by: str) -> dict[str, Any
 
 def record_note(tx: Tx, cid: str, body: str, agent: str, command_id: str) -> dict[str, Any]:
     _conversation(tx, cid)
-    note_id = "NT" + secrets.token_hex(16)
+    note_id = new_id("NT")
     tx.execute(
         "INSERT INTO notes (id, conversation_id, body, agent, command_id, created_at) VALUES (?, ?, ?, ?, ?, ?)",
         (note_id, cid, body, agent, command_id, tx.now),

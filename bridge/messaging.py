@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import json
 import re
-import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,7 +17,7 @@ from bridge import protocol
 from bridge.conversations import REOPENED_BY_CUSTOMER, reopen_on_customer_text
 from bridge.store import STATUS_RANK, StoredEvent, Tx
 from bridge.twilio_errors import describe_error
-from bridge.types import E164, ConversationId, MessageId, MessageSid, conversation_id
+from bridge.types import E164, ConversationId, MessageId, MessageSid, conversation_id, new_id
 
 # Twilio's default opt-out and opt-in keywords on long codes; the whole body must be the keyword.
 STOP_KEYWORDS = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE", "OPTOUT"})
@@ -421,7 +420,7 @@ def record_outbound(tx: Tx, draft: OutboundDraft, args: dict[str, Any]) -> tuple
     existing = find_command(tx.conn, draft.agent, draft.command_id)
     if existing is not None:
         return MessageId(existing.message_id or ""), existing
-    message_id = MessageId("OB" + secrets.token_hex(16))
+    message_id = MessageId(new_id("OB"))
     conv = draft.conversation
     ensure_conversation(tx, conv.twilio_number, conv.customer_number)  # a first text to a new customer
     tx.execute(

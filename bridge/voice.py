@@ -35,7 +35,6 @@ from bridge.calls import (
     leg_answered,
     leg_ended,
     leg_row,
-    new_id,
     update_call,
 )
 from bridge.conversations import parse_ts
@@ -43,6 +42,7 @@ from bridge.handoff import Handoff
 from bridge.messaging import BadWebhook, ensure_conversation
 from bridge.state import bridge_of
 from bridge.store import Tx
+from bridge.types import new_id
 from bridge.webhooks import Refusal, verified
 
 Item = TypeVar("Item")

@@ -65,9 +65,9 @@ class EventLog:
     seq: int = 0
     events: list[protocol.Event] = field(default_factory=list)
     ids: str = "event log"
-    """Seeds the ids, which are random, as the bridge's and Twilio's are (a cache's id index behaves very differently
-    with ids that count up: tests/bench/profile_random_ids.py), and the same in every run. A second log adding to
-    a cache another filled needs a seed of its own."""
+    """Seeds the ids, random where Twilio's and the bridge's are (a cache's id index behaves very differently with
+    ids that count up: tests/bench/profile_random_ids.py), and the same in every run. A second log adding to a cache
+    another filled needs a seed of its own."""
 
     def __post_init__(self) -> None:
         self._ids = random.Random(self.ids)
@@ -79,7 +79,12 @@ class EventLog:
         return event
 
     def _id(self, prefix: str) -> str:
+        """An id of Twilio's (a SID) or the text's: 32 random hex digits."""
         return f"{prefix}{self._ids.getrandbits(128):032x}"
+
+    def _minted(self, prefix: str, at: datetime) -> str:
+        """An id the bridge mints (``bridge.types.new_id``): the time in milliseconds, then 20 random hex digits."""
+        return f"{prefix}{int(at.timestamp() * 1000):012x}{self._ids.getrandbits(80):020x}"
 
     def inbound(self, number: str, body: str, at: datetime, media: list[dict[str, str]] | None = None) -> str:
         cid = conversation_id(OUR_NUMBER, number)
@@ -109,7 +114,7 @@ class EventLog:
         error: int | None = None,
     ) -> str:
         cid = conversation_id(OUR_NUMBER, number)
-        message_id, sid = self._id("MO"), self._id("SM")
+        message_id, sid = self._minted("OB", at), self._id("SM")
         self.add(
             protocol.MESSAGE_OUTBOUND,
             at,
@@ -228,7 +233,7 @@ class CallLog:
 
     def voicemail(self, sid: str, at: datetime, duration: int = 42, reason: str = "longest wait") -> str:
         call = self.calls[sid]
-        vid = self.log._id("VM")
+        vid = self.log._minted("VM", at)
         self.log.add(
             protocol.VOICEMAIL_RECORDED,
             at,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import sqlite3
 import time
 from collections.abc import Callable
@@ -35,7 +36,7 @@ from bridge.store import (
     open_database,
     revoke_agent,
 )
-from bridge.types import E164, conversation_id
+from bridge.types import E164, conversation_id, new_id
 from tests.support import CUSTOMER, OUR_NUMBER, inbound_params, message_sid, status_params
 
 
@@ -311,3 +312,16 @@ async def test_waiting_for_another_process_s_write_lock_does_not_stall_the_event
     event = await asyncio.wait_for(write, 10)
     assert event.seq == 1
     await store.close()
+
+
+def test_minted_ids_sort_by_time_and_do_not_collide(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Replies', notes', legs' and voicemails' ids: the indexes keyed on them take a new one at their end.
+    clock = [1_795_000_000_000 * 1_000_000]
+    monkeypatch.setattr(time, "time_ns", lambda: clock[0])
+    same_ms = [new_id("OB") for _ in range(2_000)]
+    clock[0] += 1_000_000  # one millisecond later
+    later = new_id("OB")
+    assert len(set(same_ms)) == len(same_ms)  # 80 random bits within one millisecond
+    assert all(i < later for i in same_ms)
+    assert all(re.fullmatch(r"OB[0-9a-f]{32}", i) for i in [*same_ms, later])
+    assert later[2:14] == f"{1_795_000_000_001:012x}"

@@ -85,8 +85,9 @@ RESULTS_DIR = HERE / "results"
 CONVERSATIONS = 20_000
 MESSAGES = 1_000_000
 SEED = 1
-SPEC_VERSION = 2
-"""The generated data's version: 2 since its message and call ids are random, as real ones are (1: counting up)."""
+SPEC_VERSION = 3
+"""The generated data's version: 3 since the ids the bridge mints (replies', voicemails') begin with the time, as
+``bridge.types.new_id``'s do (2: all random; 1: counting up)."""
 SIZE = (120, 36)
 MISSED = 100_000
 EXIT_GRACE = 30.0
