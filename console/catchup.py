@@ -16,9 +16,7 @@ With the console (``BridgeLink._catch_up_in_helper``):
 - stdin: one JSON line ``{"url", "token", "cache", "until"}``, then nothing. The token travels here rather than on
   the command line, which every user of the machine can read. End of input means the console is gone: the helper
   stops, and what it had not committed is rolled back (the cursor moves in the same transaction as the events, so
-  nothing is ever half-applied). The console starts the helper as it starts, before it knows whether a catch-up is
-  long enough to need it, so the interpreter's start overlaps asking the bridge: end of input before that line
-  means it was not needed, and the helper exits with 0.
+  nothing is ever half-applied).
 - stdout: one JSON line per commit, ``{"cursor": N, "conversations": [...]}``, for the console's repaints, and
   between commits ``{"reached": N}`` (the last event applied, not yet committed), for its progress. The line of the
   last commit, once caught up, also says ``"done": true``: the console goes on from there without waiting for the
@@ -224,11 +222,8 @@ async def _catch_up(params: dict[str, Any], out: TextIO) -> int:
 def main() -> int:
     with contextlib.suppress(OSError, AttributeError):  # not everywhere, and only speed is at stake
         os.nice(HELPER_NICE)
-    first = sys.stdin.readline()
-    if not first:  # started ahead of knowing whether it was needed (BridgeLink._run), and it was not
-        return EXIT_CAUGHT_UP
     try:
-        params = json.loads(first)
+        params = json.loads(sys.stdin.readline())
         if not isinstance(params, dict) or not all(isinstance(params.get(k), str) for k in ("url", "token", "cache")):
             raise ValueError("expected an object with url, token and cache")
     except ValueError as exc:

@@ -327,10 +327,6 @@ class _Stop(Exception):
         self.state, self.detail, self.head = state, detail, head
 
 
-_Helper = tuple[asyncio.subprocess.Process, "asyncio.Task[bytes]"]
-"""A catch-up helper process, and the task keeping the end of what it says on stderr."""
-
-
 @dataclass(eq=False)
 class _Session:
     """One open connection."""
@@ -405,8 +401,6 @@ class BridgeLink:
         """The catch-up helper while it runs."""
         self._head_soon: asyncio.Future[int | None] | None = None
         """The bridge's head, asked for as the link starts, for its first catch-up decision (``_run``)."""
-        self._helper_soon: asyncio.Future[_Helper | None] | None = None
-        """A helper started as the link starts, before the head says whether it is needed (``_run``)."""
         self._helpers_ending: dict[asyncio.Task[None], asyncio.Event] = {}
         """Helpers that said they were done, exiting while the link goes on, each with the event that tells it to
         stop now; ``stop`` sets them and waits."""
@@ -539,10 +533,6 @@ class BridgeLink:
                 # Asked now, beside the cache's first read: at start-up the screen's first paint holds the event loop,
                 # and each hop between the two would wait for it.
                 self._head_soon = asyncio.ensure_future(self._ask_head())
-                if self._helper_cache() is not None:
-                    # And a helper started now, on the chance that it is needed: its interpreter starts and imports
-                    # (~0.3 s) while the head is asked. Not needed, it exits at the end of its input.
-                    self._helper_soon = asyncio.ensure_future(self._spawn_helper())
             cursor, pending = await self._db(self._prepare_sync)
             self._update(cursor=cursor, outbox_pending=pending)
             while True:
@@ -580,7 +570,6 @@ class BridgeLink:
                 self._head_soon.cancel()
                 self._head_soon.add_done_callback(_quietly)
                 self._head_soon = None
-            self._dismiss_helper_soon()
 
     # -- one connection --------------------------------------------------------------------------------------
 
@@ -781,26 +770,30 @@ class BridgeLink:
     async def _catch_up_in_helper(self) -> None:
         """Run a long catch-up in the helper process, showing its progress; return when it has caught up, failed
         or stalled (the connection that follows then catches up the rest by itself). See console/catchup.py."""
-        path = self._helper_cache()
-        if path is None:
+        path = str(self.cache.path)
+        if path == ":memory:" or path.startswith("file:"):
             return
         soon, self._head_soon = self._head_soon, None  # asked at start-up (see _run), for the first attempt only
         try:
             head = await (soon or self._ask_head())
         except Exception:  # unreachable, or not a bridge: the connection attempt says which
-            self._dismiss_helper_soon()
             return
         # The first attempt has the cursor _run just read; a later one reads it again.
         known = self._status.cursor if soon is not None else None
         cursor = known if known is not None else await self._db(self.cache.cursor)
         if head is None or head - cursor < self.helper_from:
-            self._dismiss_helper_soon()
             return
-        warm, self._helper_soon = self._helper_soon, None
-        helper = await (warm or self._spawn_helper())
-        if helper is None:
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *self.helper_command,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                limit=HELPER_LINE_LIMIT,
+            )
+        except OSError:
+            log.warning("could not start the catch-up helper; catching up here", exc_info=True)
             return
-        proc, said = helper
         self.cache.checkpoints.paused = True  # the log is folded in once caught up
         self._set(
             LinkState.CATCHING_UP,
@@ -810,8 +803,9 @@ class BridgeLink:
             head=head,
             applied=0,
         )
-        assert proc.stdin is not None and proc.stdout is not None
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
         self.helper = proc
+        said = asyncio.create_task(_tail(proc.stderr))
         start = cursor
         done = False
         try:
@@ -853,60 +847,18 @@ class BridgeLink:
                     # Not waited for: a helper's exit (the socket's close handshake, the interpreter's teardown)
                     # took ~0.25 s that the agent would otherwise wait through. Its input stays open meanwhile:
                     # closed, it would stop, and say it failed, on its way out.
-                    self._let_helper_go((proc, said), linger=HELPER_EXIT)
+                    now = asyncio.Event()
+                    ending = asyncio.create_task(
+                        _end_helper(proc, said, linger=(HELPER_EXIT, now)), name="catch-up helper exiting"
+                    )
+                    self._helpers_ending[ending] = now
+                    ending.add_done_callback(lambda task: self._helpers_ending.pop(task, None))
                 else:
                     await _end_helper(proc, said)
             finally:
                 self.helper = None
                 self._update(reached=None)  # what was not committed is rolled back
                 self.cache.checkpoints.paused = False  # the connection that follows pauses them while it catches up
-
-    def _helper_cache(self) -> str | None:
-        """The cache file a helper would open (None for a cache it cannot share: in memory, or a URI)."""
-        path = str(self.cache.path)
-        return None if path == ":memory:" or path.startswith("file:") else path
-
-    async def _spawn_helper(self) -> _Helper | None:
-        """Start a helper process; it waits for its parameters on stdin (None if it could not be started)."""
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *self.helper_command,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                limit=HELPER_LINE_LIMIT,
-            )
-        except OSError:
-            log.warning("could not start the catch-up helper; catching up here", exc_info=True)
-            return None
-        assert proc.stderr is not None
-        return proc, asyncio.create_task(_tail(proc.stderr))
-
-    def _dismiss_helper_soon(self) -> None:
-        """The helper started at start-up is not needed: end its input (it then exits), without waiting here."""
-        soon, self._helper_soon = self._helper_soon, None
-        if soon is None:
-            return
-        if not soon.done():
-            soon.add_done_callback(lambda started: self._dismiss_started(started))
-        else:
-            self._dismiss_started(soon)
-
-    def _dismiss_started(self, started: asyncio.Future[_Helper | None]) -> None:
-        helper = None if started.cancelled() or started.exception() is not None else started.result()
-        if helper is not None:
-            self._let_helper_go(helper)
-
-    def _let_helper_go(self, helper: _Helper, linger: float | None = None) -> None:
-        """End a helper in the background (``_end_helper``; ``linger``: seconds it may take to exit by itself).
-        ``stop`` cuts the lingering short and waits for it."""
-        proc, said = helper
-        now = asyncio.Event()
-        ending = asyncio.create_task(
-            _end_helper(proc, said, linger=None if linger is None else (linger, now)), name="catch-up helper exiting"
-        )
-        self._helpers_ending[ending] = now
-        ending.add_done_callback(lambda task: self._helpers_ending.pop(task, None))
 
     async def _ask_head(self) -> int | None:
         """The bridge's head from its /healthz, asked in a thread (None if it does not say); raises if unreachable."""
