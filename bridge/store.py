@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+import orjson
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
@@ -133,8 +134,21 @@ class Tx:
         return event
 
 
-_encode_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-"""Events' data as the log stores it (UTF-8 text, compact); one encoder built once, not one per event."""
+_json_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
+def _encode_json(data: dict[str, Any]) -> str:
+    """Events' data as the log stores it: compact JSON text, characters as they are (not escaped to ASCII).
+
+    orjson writes the same JSON as the standard library's encoder for what events hold, 6× faster (an inbound
+    text's data: 0.95 µs against 5.7 µs, timeit); the standard library's encoding was 6% of the bridge's samples
+    under an inbound burst (py-spy, ``tests.bench.profile_ingest``). What
+    orjson refuses (an integer beyond 64 bits, a lone surrogate, a key that is not a string) goes to the standard
+    library's encoder, which says what it says about it as before."""
+    try:
+        return orjson.dumps(data).decode()
+    except TypeError:  # orjson.JSONEncodeError is one
+        return _json_encoder.encode(data)
 
 
 Operation = Callable[[Tx], T]

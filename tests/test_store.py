@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import sqlite3
 import time
@@ -30,6 +31,7 @@ from bridge.store import (
     SqliteStore,
     StoredEvent,
     Tx,
+    _encode_json,
     add_agent,
     agent_for_token,
     list_agents,
@@ -325,3 +327,17 @@ def test_minted_ids_sort_by_time_and_do_not_collide(monkeypatch: pytest.MonkeyPa
     assert all(i < later for i in same_ms)
     assert all(re.fullmatch(r"OB[0-9a-f]{32}", i) for i in [*same_ms, later])
     assert later[2:14] == f"{1_795_000_000_001:012x}"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"body": "[bold]hi[/bold] \x1b[31mred\x1b[0m \u202e tab\t nl\n nul\x00 del\x7f \u2028 🚚 é", "media": []},
+        {"num_segments": 3, "price": -0.0075, "big": 1.5e16, "none": None, "flag": True, "nested": {"a": [1, "b"]}},
+        {"too_big_for_orjson": 2**70},  # the standard library's encoder writes it
+    ],
+)
+def test_the_log_stores_event_data_as_the_standard_library_would_write_it(data: dict[str, object]) -> None:
+    encoded = _encode_json(data)
+    assert encoded == json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    assert json.loads(encoded) == data
