@@ -26,7 +26,7 @@ from console.screens.search import SearchScreen
 from console.widgets.composer import Composer, counter_text
 from console.widgets.conversation_list import ConversationList
 from console.widgets.status_line import StatusLine
-from console.widgets.thread_view import ThreadView
+from console.widgets.thread_view import REST_ROWS, ThreadView
 from tests.console_support import NOW, EventLog, FakeLink, customer, demo_events, fill, frozen_clock
 
 SIZE = (120, 36)
@@ -99,16 +99,18 @@ async def test_thread_shows_delivery_failures_with_twilios_meaning(cache: Cache)
 
 
 async def test_a_long_thread_opens_at_its_newest_and_is_then_drawn_whole(tmp_path: Path) -> None:
-    """The first frame draws only the last screenful; the rest follows without moving the reader."""
+    """The first frame draws only the last screenful; the rest follows a few rows a frame (keys pressed meanwhile
+    wait for one step, not for the whole page), without moving the reader, and ends as one drawing of it all."""
     cache = Cache(tmp_path / "cache.db")
     log = EventLog()
     for n in range(120):
-        log.inbound(customer(7), f"text number {n}", NOW - timedelta(minutes=200 - n))
+        log.inbound(customer(7), f"text number {n}\nwith a second line", NOW - timedelta(days=6) + timedelta(hours=n))
     fill(cache, log.events)
     async with running(cache) as (app, pilot):
         thread = app.query_one(ThreadView)
         drawn_from: list[int] = []
-        rebuild = thread._rebuild
+        steps: list[int] = []
+        rebuild, draw_above = thread._rebuild, thread._draw_above
 
         drawn_lines: list[int] = []
 
@@ -117,14 +119,26 @@ async def test_a_long_thread_opens_at_its_newest_and_is_then_drawn_whole(tmp_pat
             rebuild(first_row, **kw)
             drawn_lines.append(len(thread._lines))
 
+        def spy_above(first_row: int) -> None:
+            steps.append(first_row)
+            draw_above(first_row)
+
         thread._rebuild = spy  # type: ignore[method-assign]
+        thread._draw_above = spy_above  # type: ignore[method-assign]
         app.main.open_conversation(log.events[0].data["conversation_id"])
         await settle(pilot)
-        assert drawn_from[0] > 100 and drawn_from[-1] == 0  # the last screenful first, then everything
+        assert drawn_from[0] > 100  # the last screenful first
         height = thread.scrollable_content_region.height
         assert height <= drawn_lines[0] <= 2 * height  # and that first frame fills the view, with little more
+        # Then the rows above it, each step at most REST_ROWS rows, up to the first.
+        tops = [drawn_from[0], *steps]
+        assert len(steps) >= 4 and steps[-1] == 0
+        assert all(0 < above - below <= REST_ROWS for above, below in zip(tops, tops[1:], strict=False))
         shown = text_of(thread._lines)
         assert thread._first_row == 0 and re.search(r"text number 0\b", shown) and "text number 119" in shown
+        stepped = [list(strip) for strip in thread._lines], dict(thread._line_of_pos)
+        rebuild(0)  # the whole page in one go: the same lines, day separators and positions
+        assert ([list(strip) for strip in thread._lines], thread._line_of_pos) == stepped
         assert thread.is_vertical_scroll_end
         visible = text_of([thread.render_line(y) for y in range(thread.scrollable_content_region.height)])
         assert "text number 119" in visible and not re.search(r"text number 0\b", visible)

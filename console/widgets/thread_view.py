@@ -30,6 +30,10 @@ from console.text import inert, one_line
 PAGE = 200
 NEAR_EDGE = 5
 """Lines from the top (or bottom) at which the next page is fetched."""
+REST_ROWS = 24
+"""Rows drawn per step of the part of a thread above its first screenful, one step per frame. Drawn in one go, a
+page's rest held the event loop 35–46 ms a switch, and a key pressed meanwhile waited for it (bench_console's
+catch-up, the event loop's slow callbacks traced); at ~0.5 ms a row a step is ~12 ms."""
 
 STATUS_MARK = {
     "sending": "…",
@@ -363,15 +367,19 @@ class ThreadView(ScrollView, can_focus=True):
         return 0
 
     def _draw_the_rest(self, generation: int) -> None:
+        """Draw the next REST_ROWS rows above those drawn, keeping what is on screen where it is, and the rest after
+        the next frame (keys pressed meanwhile are handled between the steps)."""
         if generation != self._generation or not self._first_row:
             return
         at_bottom = self.is_vertical_scroll_end
         drawn, y = len(self._lines), self.scroll_offset.y
-        self._rebuild(0)
+        self._draw_above(max(0, self._first_row - REST_ROWS))
         if at_bottom:
             self.scroll_end(animate=False, immediate=True)
         else:
             self.scroll_to(y=y + len(self._lines) - drawn, animate=False, immediate=True)
+        if self._first_row:
+            self.call_after_refresh(self._draw_the_rest, generation)
 
     def _maybe_page(self) -> None:
         if self._busy or self.conversation_id is None or self._first_row:
@@ -412,14 +420,40 @@ class ThreadView(ScrollView, can_focus=True):
         width = max(20, self.scrollable_content_region.width)
         self._width = self.scrollable_content_region.width
         self._styles.clear()  # read afresh once per rebuild (the theme may have changed), then from memory
-        style = self._component_style
-        meta, day_style = style("thread-view--meta", partial=True), style("thread-view--day", partial=True)
-        now = self.clock()
-        lines: list[Strip] = []
-        positions: dict[int, int] = {}
+        lines, positions = self._draw_rows(first_row, len(self.rows), width)
+        self._draw_pending(lines, width)
+        self._lines = lines
+        self._line_of_pos = positions
+        self._set_virtual_size(Size(width, len(lines)))
+        if self.scrollable_content_region.width != self._width and not again:
+            # The scroll range just brought the scrollbar in (or took it away), so the width changed under the
+            # lines; the size of the view did not, so no resize will come to redraw them: draw them again now.
+            self._rebuild(first_row, again=True)
+            return
+        self.refresh()
+
+    def _draw_above(self, first_row: int) -> None:
+        """Draw ``rows[first_row:]`` where only the rows from ``_first_row`` on are drawn: the rows above them are
+        drawn and put before their lines (drawn as ``_rebuild(first_row)`` would draw them)."""
+        width = max(20, self.scrollable_content_region.width)
+        if self.scrollable_content_region.width != self._width:
+            self._rebuild(first_row)  # the width changed since: everything is drawn again at the new one
+            return
+        lines, positions = self._draw_rows(first_row, self._first_row, width)
+        shift = len(lines)
+        positions.update((pos, at + shift) for pos, at in self._line_of_pos.items())
+        self._lines = lines + self._lines
+        self._line_of_pos = positions
+        self._first_row = first_row
+        self._set_virtual_size(Size(width, len(self._lines)))
+        if self.scrollable_content_region.width != self._width:
+            self._rebuild(first_row, again=True)  # the scrollbar came or went: see _rebuild
+            return
+        self.refresh()
+
+    def _line_writer(self, lines: list[Strip], width: int) -> Callable[..., None]:
+        """``add(text, indent=0, line_style=None)``: wrap ``text`` to ``width`` and append its lines to ``lines``."""
         console = self.app.console
-        rows = self.rows[first_row:]
-        last_day = times.day(self.rows[first_row - 1].at, now, self.tz) if first_row else ""
 
         def add(text: Text, indent: int = 0, line_style: Style | None = None) -> None:
             for part in text.wrap(console, max(10, width - indent - 1)):
@@ -429,6 +463,20 @@ class ThreadView(ScrollView, can_focus=True):
                 if line_style is not None:
                     strip = strip.apply_style(line_style)
                 lines.append(strip.adjust_cell_length(width))
+
+        return add
+
+    def _draw_rows(self, first_row: int, stop: int, width: int) -> tuple[list[Strip], dict[int, int]]:
+        """The lines of ``rows[first_row:stop]`` (with the marker for older messages above the first row), and the
+        line each row starts at."""
+        style = self._component_style
+        meta, day_style = style("thread-view--meta", partial=True), style("thread-view--day", partial=True)
+        now = self.clock()
+        lines: list[Strip] = []
+        positions: dict[int, int] = {}
+        add = self._line_writer(lines, width)
+        rows = self.rows[first_row:stop]
+        last_day = times.day(self.rows[first_row - 1].at, now, self.tz) if first_row else ""
 
         if self.has_older and not first_row:
             add(Text("  ↑ older messages load as you scroll up", meta))
@@ -456,6 +504,13 @@ class ThreadView(ScrollView, can_focus=True):
                 kind = one_line(str(item.get("content_type") or "attachment"))
                 add(Text(f"📎 {kind}  {one_line(str(item.get('url', '')))}", meta, end=""), 4)
             lines.append(Strip.blank(width))
+        return lines, positions
+
+    def _draw_pending(self, lines: list[Strip], width: int) -> None:
+        """The outbox's replies and notes for this conversation, after the thread."""
+        style = self._component_style
+        meta = style("thread-view--meta", partial=True)
+        add = self._line_writer(lines, width)
         for waiting in self.pending:
             failed = waiting.state == "failed"
             head = Text("  ", end="")
@@ -469,15 +524,6 @@ class ThreadView(ScrollView, can_focus=True):
             add(head)
             add(Text(inert(waiting.body), style("thread-view--outbound", partial=True), end=""), 4)
             lines.append(Strip.blank(width))
-        self._lines = lines
-        self._line_of_pos = positions
-        self._set_virtual_size(Size(width, len(lines)))
-        if self.scrollable_content_region.width != self._width and not again:
-            # The scroll range just brought the scrollbar in (or took it away), so the width changed under the
-            # lines; the size of the view did not, so no resize will come to redraw them: draw them again now.
-            self._rebuild(first_row, again=True)
-            return
-        self.refresh()
 
     def _component_style(self, name: str, partial: bool = False) -> Style:
         """``get_component_rich_style``, remembered for the rebuild: each lookup walks the widget's ancestors, and a
