@@ -5,6 +5,7 @@
     uv run python -m tests.bench.bench_console --only search,inbound   # some phases (first_paint, thread_switch,
                                                                        # search, inbound, catch_up; "build": none)
     uv run python -m tests.bench.bench_console --headless   # Textual's headless driver instead of a pseudo-terminal
+    uv run python -m tests.bench.bench_console --only catch_up --trace-loop   # and where the event loop stalled
 
 Run by hand, never by pytest (pytest collects only ``test_*.py``). Prints a table and writes
 ``tests/bench/results/console-<UTC time>.json`` (with every sample, and where the main thread's time went).
@@ -99,6 +100,8 @@ CATCH_UP_LIMIT = 120.0
 
 CHILD_TIMEOUT = 600.0
 """Seconds any child process may take before it is killed."""
+TRACE_LOOP = False
+"""``--trace-loop``: the catch-up's children record their slow event-loop callbacks (``LoopTrace``)."""
 WAIT = 10.0
 """Seconds any single wait inside a child may take (a paint, a load) before the phase fails."""
 
@@ -314,7 +317,7 @@ def run_child(phase: str, params: dict[str, Any], headless: bool, timeout: float
     """Run one phase in a fresh ``python -m tests.bench.bench_console --child`` on a pty; return its result."""
     with tempfile.TemporaryDirectory(prefix="bench-console-") as tmp:
         result_path = Path(tmp) / "result.json"
-        params = {**params, "spawned_at": time.perf_counter(), "headless": headless}
+        params = {**params, "spawned_at": time.perf_counter(), "headless": headless, "trace_loop": TRACE_LOOP}
         argv = [
             sys.executable,
             "-m",
@@ -392,6 +395,82 @@ class Watch:
     drawn: bool = False
 
 
+LOOP_TRACE_OVER = 0.012
+"""Event-loop callbacks longer than this (seconds) are recorded by ``--trace-loop``."""
+LOOP_TRACE_SAMPLE_AFTER = 0.020
+"""A callback running longer than this has the main thread's stack sampled (every LOOP_TRACE_EVERY seconds)."""
+LOOP_TRACE_EVERY = 0.002
+
+
+class LoopTrace:
+    """``--trace-loop``: every event-loop callback of the child over LOOP_TRACE_OVER, with the coroutine it stepped
+    (and its ``self``'s type), and the main thread's stack sampled while one runs long: where a slow key waited.
+
+    A diagnostic, not a measure: the sampler thread takes the interpreter lock too, so it stays off by default.
+    It found the 35–46 ms thread draws that made keys wait during a catch-up (2026-11-27)."""
+
+    def __init__(self) -> None:
+        self.slow: list[tuple[float, float, str]] = []
+        self.stacks: dict[float, list[tuple[str, ...]]] = {}
+        self._running: float | None = None
+
+    def install(self) -> None:
+        import asyncio.events
+        import traceback
+
+        run = asyncio.events.Handle._run
+        main = threading.get_ident()
+
+        def timed_run(handle: Any) -> None:
+            started = time.perf_counter()
+            self._running = started
+            try:
+                run(handle)
+            finally:
+                self._running = None
+                took = time.perf_counter() - started
+                if took > LOOP_TRACE_OVER:
+                    self.slow.append((started, took, _what_ran(handle)))
+
+        def sample() -> None:
+            while True:
+                time.sleep(LOOP_TRACE_EVERY)
+                started = self._running
+                if started is None or time.perf_counter() - started < LOOP_TRACE_SAMPLE_AFTER:
+                    continue
+                frame = sys._current_frames().get(main)
+                if frame is not None:
+                    stack = tuple(
+                        f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in traceback.extract_stack(frame)[-12:]
+                    )
+                    self.stacks.setdefault(started, []).append(stack)
+
+        asyncio.events.Handle._run = timed_run  # type: ignore[method-assign,assignment]
+        threading.Thread(target=sample, name="loop-trace", daemon=True).start()
+
+    def since(self, start: float) -> list[dict[str, Any]]:
+        """The slow callbacks from ``start`` on: seconds after it, milliseconds taken, what ran, the commonest stack."""
+        out = []
+        for at, took, what in self.slow:
+            if at >= start:
+                stacks = self.stacks.get(at, [])
+                common = max(set(stacks), key=stacks.count) if stacks else ()
+                out.append({"at_s": round(at - start, 4), "ms": round(took * 1000, 1), "what": what, "stack": common})
+        return out
+
+
+def _what_ran(handle: Any) -> str:
+    """The coroutine an event-loop handle stepped (where it stopped, and its ``self``'s type), or the handle."""
+    task = getattr(handle._callback, "__self__", None)
+    coro: Any = task.get_coro() if isinstance(task, asyncio.Task) else None
+    frame = getattr(coro, "cr_frame", None)
+    if frame is None:
+        return repr(handle)[:160]
+    owner = frame.f_locals.get("self")
+    where = f"{Path(frame.f_code.co_filename).name}:{frame.f_lineno}"
+    return f"{coro.__qualname__} @ {where}" + (f" ({type(owner).__name__})" if owner is not None else "")
+
+
 class Probe:
     """Wraps ``App._display``, some ``render_line``s and some handlers, to time what reaches the screen."""
 
@@ -411,6 +490,8 @@ class Probe:
         """(label, start, seconds) of main-thread work worth knowing the cost of (see ``SPANS``)."""
         self.cursor_log: list[tuple[float, str, int, int]] = []
         """(when, why, old, new) for every change of the inbox's cursor: keys, and reloads that follow a row."""
+        self.loop_trace: LoopTrace | None = None
+        """Set with ``--trace-loop``."""
 
     def watch_line(self, widget_type: type[Any], line: Callable[[Any, int], bool]) -> asyncio.Future[float]:
         future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
@@ -1065,6 +1146,8 @@ async def phase_catch_up(probe: Probe, params: dict[str, Any]) -> dict[str, Any]
             ],
             "memory": memory(),
         }
+        if probe.loop_trace is not None:
+            result["loop_trace"] = probe.loop_trace.since(marks["link_start"])
         probe.deliver(result)
         return result
 
@@ -1228,6 +1311,9 @@ def child_main(phase: str, result_path: Path, params: dict[str, Any]) -> int:
         imported = time.perf_counter()
         probe = Probe()
         probe.install()
+        if params.get("trace_loop"):
+            probe.loop_trace = LoopTrace()
+            probe.loop_trace.install()
         for name in params.get("what_if", []):
             WHAT_IFS[name]()
 
@@ -1310,12 +1396,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--headless", action="store_true", help="Textual's headless driver instead of a pty")
     parser.add_argument("--runs", type=int, default=None, help="first-paint runs per cache (default 11; quick 2)")
     parser.add_argument("--only", default="", help="comma-separated phases to run (default: all)")
+    parser.add_argument(
+        "--trace-loop",
+        action="store_true",
+        help="record the console's slow event-loop callbacks during the catch-up (a diagnostic: see LoopTrace)",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     parser.add_argument("--params", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         return child_main(args.child, Path(args.result), json.loads(args.params))
+    global TRACE_LOOP
+    TRACE_LOOP = args.trace_loop
     return run(args)
 
 
@@ -1683,6 +1776,12 @@ def catch_up(
             f"n={d['n']} keys, one every {every * 1000:.0f} ms, + {r['keys_during_missed']} not painted within 5 s; "
             f"once caught up: p50/p99 {fmt(i['p50'])}/{fmt(i['p99'])} ms",
         )
+    traced = runs.get("as is", {}).get("loop_trace")
+    if traced is not None:
+        slow = [(t["at_s"], t["ms"], t["what"]) for t in traced if t["ms"] >= 30]
+        keys = [(at, ms) for at, ms in runs["as is"].get("keys_timeline", []) if ms is None or ms >= 50]
+        print(f"catch-up (as is): event-loop callbacks of 30 ms or more, s after link start (all in the JSON): {slow}")
+        print(f"catch-up (as is): keys of 50 ms or more (pressed at s, ms): {keys}", flush=True)
 
 
 if __name__ == "__main__":
