@@ -1005,14 +1005,17 @@ class _Summary:
     """What a batch's messages do to one conversation's row, folded in order and written once per batch."""
 
     last_at: str = ""
-    preview: str = ""
+    preview: str | tuple[str, Any] = ""
+    """The inbox line's preview, or the (body, media) of the text it is made from when the batch is written: only
+    the last text of a batch in a conversation shows. A 100k-event catch-up has 55.6k texts in 18.7k conversations;
+    making a preview for each took 0.047 s (timeit), a third of that for the last ones."""
     direction: str = ""
     added: int = 0
     unread_reset: bool = False
     unread_added: int = 0
     waiting: tuple[str, str | None] | None = None  # ("clear", None) | ("coalesce", at) | ("set", at)
 
-    def inbound(self, at: str, preview: str) -> None:
+    def inbound(self, at: str, preview: str | tuple[str, Any]) -> None:
         self.last_at, self.preview, self.direction = at, preview, "inbound"
         self.added += 1
         self.unread_added += 1
@@ -1021,7 +1024,7 @@ class _Summary:
         elif self.waiting[0] == "clear":
             self.waiting = ("set", at)
 
-    def outbound(self, at: str, preview: str) -> None:
+    def outbound(self, at: str, preview: str | tuple[str, Any]) -> None:
         self.last_at, self.preview, self.direction = at, preview, "outbound"
         self.added += 1
         self.unread_reset, self.unread_added = True, 0
@@ -1040,10 +1043,11 @@ class _Summary:
         """The parameters of _CONVERSATION_UPDATE for this summary."""
         op, since = self.waiting or ("keep", None)
         direction = self.direction
+        preview = self.preview
         return (
             self.last_at,
             direction,
-            self.preview,
+            preview if type(preview) is str else _preview(*preview),
             direction,
             direction,
             self.added,
@@ -1238,7 +1242,7 @@ def _apply_one(batch: _Batch, event: protocol.Event) -> None:
         if inbound:
             row_in = (d["message_id"], d.get("message_sid"), d["conversation_id"], body, media_json, at, event.seq)
             batch.messages.append(row_in)
-            summary.inbound(at, _preview(body, media))
+            summary.inbound(at, (body, media))
         else:
             row = [
                 d["message_id"],
@@ -1256,7 +1260,7 @@ def _apply_one(batch: _Batch, event: protocol.Event) -> None:
             ]
             batch.messages.append(row)
             batch.unsent[row[0]] = row
-            summary.outbound(at, _preview(body, media))
+            summary.outbound(at, (body, media))
         return
     if kind == protocol.CALL_UPDATED:
         _apply_call(batch, event)
