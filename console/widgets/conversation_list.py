@@ -144,7 +144,11 @@ class ConversationList(ScrollView, can_focus=True):
     # -- data ------------------------------------------------------------------------------------------------
 
     def on_mount(self) -> None:
-        self.reload()
+        # The first window is read here, on the UI thread, before the first frame: read in a worker, its queries
+        # waited on the GIL behind the screen's start-up (styles, layout, first render) and its rows came frames
+        # later. First paint with the 1M-message cache, medians of 11: 195–217 ms against 287–305 ms, and
+        # 179–193 against 227–243 ms with an empty one (bench_console --only first_paint, three runs each, in turns).
+        self.reload(here=True)
 
     def on_resize(self) -> None:
         per_row = 2 if self.scrollable_content_region.width < TWO_LINES_BELOW else 1
@@ -186,9 +190,10 @@ class ConversationList(ScrollView, can_focus=True):
 
         ``keep`` is a conversation id the cursor should stay on if it moved in the order. Without it, the cursor
         stays on the conversation it is on when the rows arrive, so a key pressed while they load is not undone.
-        ``here`` reads on the calling (UI) thread instead of a worker: for live events, whose reload is a few
-        milliseconds of queries that, in a worker, wait on the GIL behind the UI's own drawing (an inbound text
-        reached the screen with p99 42-50 ms read here, 59-93 ms read in a worker; bench_console, 1M cache).
+        ``here`` reads on the calling (UI) thread instead of a worker: for the first window (see ``on_mount``) and
+        for live events, whose reload is a few milliseconds of queries that, in a worker, wait on the GIL behind
+        the UI's own drawing (an inbound text reached the screen with p99 42-50 ms read here, 59-93 ms read in a
+        worker; bench_console, 1M cache).
         """
         self._generation += 1
         self._reload_since = time.monotonic()
