@@ -144,9 +144,11 @@ class ConversationList(ScrollView, can_focus=True):
     # -- data ------------------------------------------------------------------------------------------------
 
     def on_mount(self) -> None:
-        # The first window is read here, on the UI thread, before the first frame: read in a worker, its queries
-        # waited on the GIL behind the screen's start-up (styles, layout, first render) and its rows came frames
-        # later. First paint with the 1M-message cache, medians of 11: 195–217 ms against 287–305 ms, and
+        # The first window is read here, on the UI thread, before the first frame: an exception to "SQLite work off
+        # the UI loop" (as live reloads are, see ``reload``), taken because nothing is on screen yet for a query to
+        # stutter, and the queries are the usual bounded ones (a count, a position, one window). Read in a worker,
+        # they waited on the GIL behind the screen's start-up (styles, layout, first render) and the rows came
+        # frames later. First paint with the 1M-message cache, medians of 11: 195–217 ms against 287–305 ms, and
         # 179–193 against 227–243 ms with an empty one (bench_console --only first_paint, three runs each, in turns).
         self.reload(here=True)
 
