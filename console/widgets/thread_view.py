@@ -416,12 +416,30 @@ class ThreadView(ScrollView, can_focus=True):
 
     def _rebuild(self, first_row: int = 0, *, again: bool = False) -> None:
         """Draw ``rows[first_row:]`` (all of them by default), the pending outbox and the markers."""
-        self._first_row = first_row
         width = max(20, self.scrollable_content_region.width)
         self._width = self.scrollable_content_region.width
         self._styles.clear()  # read afresh once per rebuild (the theme may have changed), then from memory
         lines, positions = self._draw_rows(first_row, len(self.rows), width)
         self._draw_pending(lines, width)
+        self._show(first_row, lines, positions, width, again=again)
+
+    def _draw_above(self, first_row: int) -> None:
+        """Draw ``rows[first_row:]`` where only the rows from ``_first_row`` on are drawn: the rows above them are
+        drawn and put before their lines (drawn as ``_rebuild(first_row)`` would draw them)."""
+        if self.scrollable_content_region.width != self._width:
+            self._rebuild(first_row)  # the width changed since: everything is drawn again at the new one
+            return
+        width = max(20, self._width)
+        lines, positions = self._draw_rows(first_row, self._first_row, width)
+        shift = len(lines)
+        positions.update((pos, at + shift) for pos, at in self._line_of_pos.items())
+        self._show(first_row, lines + self._lines, positions, width)
+
+    def _show(
+        self, first_row: int, lines: list[Strip], positions: dict[int, int], width: int, *, again: bool = False
+    ) -> None:
+        """Make ``lines`` (drawn from ``rows[first_row]``) what the view shows, and its scroll range theirs."""
+        self._first_row = first_row
         self._lines = lines
         self._line_of_pos = positions
         self._set_virtual_size(Size(width, len(lines)))
@@ -429,25 +447,6 @@ class ThreadView(ScrollView, can_focus=True):
             # The scroll range just brought the scrollbar in (or took it away), so the width changed under the
             # lines; the size of the view did not, so no resize will come to redraw them: draw them again now.
             self._rebuild(first_row, again=True)
-            return
-        self.refresh()
-
-    def _draw_above(self, first_row: int) -> None:
-        """Draw ``rows[first_row:]`` where only the rows from ``_first_row`` on are drawn: the rows above them are
-        drawn and put before their lines (drawn as ``_rebuild(first_row)`` would draw them)."""
-        width = max(20, self.scrollable_content_region.width)
-        if self.scrollable_content_region.width != self._width:
-            self._rebuild(first_row)  # the width changed since: everything is drawn again at the new one
-            return
-        lines, positions = self._draw_rows(first_row, self._first_row, width)
-        shift = len(lines)
-        positions.update((pos, at + shift) for pos, at in self._line_of_pos.items())
-        self._lines = lines + self._lines
-        self._line_of_pos = positions
-        self._first_row = first_row
-        self._set_virtual_size(Size(width, len(self._lines)))
-        if self.scrollable_content_region.width != self._width:
-            self._rebuild(first_row, again=True)  # the scrollbar came or went: see _rebuild
             return
         self.refresh()
 
