@@ -98,9 +98,10 @@ async def test_thread_shows_delivery_failures_with_twilios_meaning(cache: Cache)
         assert "✗ undelivered — 30003: Unreachable destination handset" in shown
 
 
-async def test_a_long_thread_opens_at_its_newest_and_is_then_drawn_whole(tmp_path: Path) -> None:
-    """The first frame draws only the last screenful; the rest follows a few rows a frame (keys pressed meanwhile
-    wait for one step, not for the whole page), without moving the reader, and ends as one drawing of it all."""
+async def test_a_long_thread_opens_at_its_newest_and_draws_the_rest_as_it_is_scrolled_to(tmp_path: Path) -> None:
+    """The first frame draws only the last screenful, and nothing more is drawn until the reader scrolls up: then
+    REST_ROWS rows at a time, without moving what is on screen, and Home draws what is left. The lines end as one
+    drawing of the whole page would make them."""
     cache = Cache(tmp_path / "cache.db")
     log = EventLog()
     for n in range(120):
@@ -130,18 +131,35 @@ async def test_a_long_thread_opens_at_its_newest_and_is_then_drawn_whole(tmp_pat
         assert drawn_from[0] > 100  # the last screenful first
         height = thread.scrollable_content_region.height
         assert height <= drawn_lines[0] <= 2 * height  # and that first frame fills the view, with little more
-        # Then the rows above it, each step at most REST_ROWS rows, up to the first.
-        tops = [drawn_from[0], *steps]
-        assert len(steps) >= 4 and steps[-1] == 0
-        assert all(0 < above - below <= REST_ROWS for above, below in zip(tops, tops[1:], strict=False))
+        assert steps == [] and thread._first_row == drawn_from[0]  # the rest waits for the reader
+        assert thread.is_vertical_scroll_end
+
+        # Scrolling up a line at a time: as the top comes near, REST_ROWS more rows above, and the view moves by
+        # the one line asked for, not by what was drawn.
+        thread.focus()
+        for _ in range(10):
+            before = text_of([thread.render_line(y) for y in range(height)]).splitlines()
+            await pilot.press("up")
+            await pilot.pause()
+            after = text_of([thread.render_line(y) for y in range(height)]).splitlines()
+            assert after[1:] == before[:-1]
+        assert len(steps) == 1 and 0 < drawn_from[0] - steps[0] <= REST_ROWS
+        for _ in range(20):  # a page at a time: a step each time the top comes near
+            if len(steps) >= 3:
+                break
+            await pilot.press("pageup")
+            await pilot.pause()
+        assert len(steps) >= 3 and all(0 < a - b <= REST_ROWS for a, b in zip(steps, steps[1:], strict=False))
+        assert thread._first_row > 0  # only as far as the reader went
+
+        await pilot.press("home")  # the oldest loaded: everything above is drawn
+        await settle(pilot)
+        assert steps[-1] == 0 and thread._first_row == 0 and thread.scroll_offset.y == 0
         shown = text_of(thread._lines)
-        assert thread._first_row == 0 and re.search(r"text number 0\b", shown) and "text number 119" in shown
+        assert re.search(r"text number 0\b", shown) and "text number 119" in shown
         stepped = [list(strip) for strip in thread._lines], dict(thread._line_of_pos)
         rebuild(0)  # the whole page in one go: the same lines, day separators and positions
         assert ([list(strip) for strip in thread._lines], thread._line_of_pos) == stepped
-        assert thread.is_vertical_scroll_end
-        visible = text_of([thread.render_line(y) for y in range(thread.scrollable_content_region.height)])
-        assert "text number 119" in visible and not re.search(r"text number 0\b", visible)
 
 
 async def test_a_thread_that_fits_stays_at_its_newest_when_the_window_shrinks(tmp_path: Path) -> None:

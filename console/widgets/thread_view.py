@@ -31,9 +31,12 @@ PAGE = 200
 NEAR_EDGE = 5
 """Lines from the top (or bottom) at which the next page is fetched."""
 REST_ROWS = 24
-"""Rows drawn per step of the part of a thread above its first screenful, one step per frame. Drawn in one go, a
-page's rest held the event loop 35–46 ms a switch, and a key pressed meanwhile waited for it (bench_console's
-catch-up, the event loop's slow callbacks traced); at ~0.5 ms a row a step is ~12 ms."""
+"""Rows of a page drawn at a time above those drawn, as the reader scrolls up to them (~12 ms at ~0.5 ms a row).
+
+A thread opens with its last screenful drawn and the rest of its page drawn as it is scrolled to, as older pages
+are fetched. Drawing the whole page at every switch, even spread over frames, cost the screen CPU the rest of the
+machine wanted: with a key every 200 ms during bench_console's catch-up, the console used 1.0–1.9 CPU seconds with
+it against 0.8–1.1 without, and most pages drawn were never looked at (an agent going down the inbox)."""
 
 STATUS_MARK = {
     "sending": "…",
@@ -243,8 +246,9 @@ class ThreadView(ScrollView, can_focus=True):
         self._pinned = True
         """The reader is at the newest line: a resize (the calls panel growing above, say) keeps them there."""
         self._first_row = 0
-        """The first of ``rows`` drawn: a fresh page is drawn from the newest message up to a screen or two, and
-        the rest right after that frame (wrapping a long page took ~20 ms, most of a switch between threads)."""
+        self._more_asked = False
+        """The first of ``rows`` drawn: a fresh page is drawn from the newest message up to a screenful, and the
+        rows above as the reader scrolls up to them (see ``REST_ROWS``)."""
         self._styles: dict[tuple[str, bool], Style] = {}
         """Component styles read during the current rebuild (see ``_component_style``)."""
 
@@ -336,11 +340,9 @@ class ThreadView(ScrollView, can_focus=True):
         self.pending = message.pending
         self.has_older, self.has_newer = message.has_older, message.has_newer
         to_bottom = message.where == "fresh" and message.focus_pos is None and (at_bottom or self.hit_pos is None)
-        # At the bottom only the last screenful shows: draw that now and the rest once it is on screen.
+        # At the bottom only the last screenful shows: draw that, and the rest as the reader scrolls up to it.
         first = self._last_screenful() if to_bottom else 0
         self._rebuild(first)
-        if first:
-            self.call_after_refresh(self._draw_the_rest, self._generation)
         if message.where == "older":
             self.scroll_to(y=old_y + len(self._lines) - old_height, animate=False)
         elif message.focus_pos is not None and message.focus_pos in self._line_of_pos:
@@ -354,7 +356,8 @@ class ThreadView(ScrollView, can_focus=True):
         voicemail two).
         Wrapping costs ~0.5 ms a row here, so a switch's first frame draws ~10 rows (it drew ~20 before)."""
         region = self.scrollable_content_region
-        width, need = max(10, region.width - 5), region.height + 1
+        # A line more than the view, and NEAR_EDGE more so that opening is not already scrolling up to the rest.
+        width, need = max(10, region.width - 5), region.height + 1 + NEAR_EDGE
         lines = 0
         for index in range(len(self.rows) - 1, -1, -1):
             row = self.rows[index]
@@ -366,26 +369,38 @@ class ThreadView(ScrollView, can_focus=True):
                 return index
         return 0
 
-    def _draw_the_rest(self, generation: int) -> None:
-        """Draw the next REST_ROWS rows above those drawn, keeping what is on screen where it is, and the rest after
-        the next frame (keys pressed meanwhile are handled between the steps)."""
-        if generation != self._generation or not self._first_row:
+    def _draw_more(self, rows: int = REST_ROWS) -> None:
+        """Draw up to ``rows`` more of the page's rows above those drawn, keeping what is on screen where it is (a
+        scroll on its way ends where it was going, at once)."""
+        if not self._first_row:
             return
         at_bottom = self.is_vertical_scroll_end
-        drawn, y = len(self._lines), self.scroll_offset.y
-        self._draw_above(max(0, self._first_row - REST_ROWS))
+        drawn, y = len(self._lines), self.scroll_target_y
+        self._draw_above(max(0, self._first_row - rows))
         if at_bottom:
             self.scroll_end(animate=False, immediate=True)
         else:
             self.scroll_to(y=y + len(self._lines) - drawn, animate=False, immediate=True)
-        if self._first_row:
-            self.call_after_refresh(self._draw_the_rest, generation)
+
+    def _draw_more_if_near_top(self, generation: int) -> None:
+        self._more_asked = False
+        if generation == self._generation and self.scroll_target_y < NEAR_EDGE:
+            self._draw_more()
+
+    def action_scroll_home(self) -> None:
+        """To the oldest message loaded: the page's rows not drawn yet are drawn first."""
+        self._draw_more(len(self.rows))
+        super().action_scroll_home()
 
     def _maybe_page(self) -> None:
-        if self._busy or self.conversation_id is None or self._first_row:
+        if self._busy or self.conversation_id is None:
             return
         y, height = int(self.scroll_offset.y), self.scrollable_content_region.height
-        if self.has_older and y < NEAR_EDGE:
+        if self._first_row and y < NEAR_EDGE:
+            if not self._more_asked:  # not from inside the scroll, which an animation may be moving: right after
+                self._more_asked = True
+                self.call_next(self._draw_more_if_near_top, self._generation)
+        elif self.has_older and y < NEAR_EDGE:
             self._busy = True
             self._fetch(self._generation, self.conversation_id, "older", None, self.rows[0].pos if self.rows else None)
         elif self.has_newer and y + height > len(self._lines) - NEAR_EDGE:

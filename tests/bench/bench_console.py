@@ -1139,9 +1139,7 @@ async def phase_catch_up(probe: Probe, params: dict[str, Any]) -> dict[str, Any]
             "gave_up_after_s": CATCH_UP_LIMIT,
             # The console's own CPU (every thread of this process) from link start to caught up: what the screen and
             # the link took from the cores the helper and the bridge share with them.
-            "console_cpu_s": None
-            if caught_at is None
-            else marks["cpu_at_caught_up"] - marks["cpu_at_link_start"],
+            "console_cpu_s": None if caught_at is None else marks["cpu_at_caught_up"] - marks["cpu_at_link_start"],
             "spans": spans,
             "first_paint_s": facts["first_paint_s"],
             "cursor_after": cursor,
