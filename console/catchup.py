@@ -175,6 +175,7 @@ async def _catch_up(params: dict[str, Any], out: TextIO) -> int:
     cache = Cache(params["cache"], migrate=False)
     cache.checkpoints.paused = True  # the console folds the log into the file once it is live again
     cache.bulk_search_index = True  # the index's segments are merged as live texts come in
+    cache.bulk_inbox = True  # the inbox is sorted once, at the commit
     until = params.get("until")
     writer = _Writer(cache, out, until if isinstance(until, int) else None)
     try:

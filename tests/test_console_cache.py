@@ -237,6 +237,52 @@ def test_a_transaction_left_open_is_committed_whole_or_rolled_back_whole(tmp_pat
     reader.close()
 
 
+def test_a_catch_up_sorts_the_inbox_once_at_its_commit_and_no_reader_sees_it_unsorted(tmp_path: Path) -> None:
+    """The helper's transactions drop the inbox's indexes and make them again before they commit (``bulk_inbox``):
+    another connection meanwhile reads through them, and after the commit, or a rollback, they are as they were,
+    the inbox in the same order as a cache that kept them."""
+
+    def text(seq: int, customer: int) -> protocol.Event:
+        number = f"+1415555{customer:04d}"
+        at = f"2026-11-24T05:{seq // 60 % 60:02d}:{seq % 60:02d}.000Z"
+        data = {"message_id": f"SM{seq:032x}", "message_sid": f"SM{seq:032x}", "twilio_number": OUR_NUMBER}
+        data |= {"conversation_id": conversation_id(OUR_NUMBER, number), "customer_number": number}
+        return protocol.Event(seq, protocol.MESSAGE_RECEIVED, at, {**data, "body": f"text {seq}", "media": []})
+
+    def indexes(cache: Cache) -> list[tuple[str, str]]:
+        sql = "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'conversations' ORDER BY name"
+        return [tuple(row) for row in cache.conn().execute(sql)]
+
+    events = [text(seq, customer=(seq * 7) % 40) for seq in range(1, 301)]
+    cache, reader, kept = Cache(tmp_path / "c.db"), Cache(tmp_path / "c.db"), Cache(tmp_path / "kept.db")
+    cache.apply(events[:50])
+    before = indexes(reader)
+    assert {"conversations_by_activity", "conversations_by_status"} <= {name for name, _ in before}
+    cache.bulk_inbox = True  # as the catch-up helper runs
+    cache.apply(events[50:200], commit=False)
+    dropped = {"conversations_by_activity", "conversations_by_status"}
+    assert not dropped & {name for name, _ in indexes(cache)}  # set aside in the writer's transaction
+    assert indexes(reader) == before  # the reader's snapshot has them, and its inbox reads through them
+    window = "SELECT id FROM conversations ORDER BY last_at DESC, id DESC LIMIT 5"
+    plan = [row[3] for row in reader.conn().execute("EXPLAIN QUERY PLAN " + window)]
+    assert plan == ["SCAN conversations USING COVERING INDEX conversations_by_activity"], plan
+    cache.apply(events[200:250])  # commits
+    assert indexes(reader) == indexes(cache) == before
+
+    cache.apply(events[250:280], commit=False)
+    with pytest.raises(GapError):
+        cache.apply([events[299]], commit=False)  # a gap: the whole open transaction is rolled back
+    assert indexes(cache) == before and cache.cursor() == 250
+    cache.apply(events[250:])
+
+    kept.apply(events)
+    everyone = cache_module.InboxFilter(status="all")
+    assert [r.id for r in cache.inbox_window(everyone, 0, 100)] == [r.id for r in kept.inbox_window(everyone, 0, 100)]
+    assert len(cache.inbox_window(everyone, 0, 100)) == 40
+    assert tuple(cache.conn().execute("PRAGMA integrity_check").fetchone()) == ("ok",)
+    reader.close()
+
+
 def test_the_log_is_folded_into_the_file_in_the_background_not_by_a_commit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -62,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     timed(cache_module._Batch, "flush_rows", "texts' inserts")
     timed(cache_module._Batch, "flush", "conversation updates at commit")
     timed(cache_module, "_index_new_messages", "full-text index")
+    timed(cache_module, "_set_aside", "inbox indexes dropped")
+    timed(cache_module, "_put_back", "inbox indexes made again")
     timed(cache_module.Cache, "apply", "Cache.apply in all")
 
     big = bc.DATA_DIR / "console-1m.db"
