@@ -246,9 +246,10 @@ class ThreadView(ScrollView, can_focus=True):
         self._pinned = True
         """The reader is at the newest line: a resize (the calls panel growing above, say) keeps them there."""
         self._first_row = 0
-        self._more_asked = False
         """The first of ``rows`` drawn: a fresh page is drawn from the newest message up to a screenful, and the
         rows above as the reader scrolls up to them (see ``REST_ROWS``)."""
+        self._more_asked = False
+        """A step of those rows is on its way (``_draw_more_if_near_top``)."""
         self._styles: dict[tuple[str, bool], Style] = {}
         """Component styles read during the current rebuild (see ``_component_style``)."""
 
