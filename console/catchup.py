@@ -90,6 +90,7 @@ class _Writer:
         self.opened = 0.0
         self.said = time.monotonic()
         self.touched: set[str] = set()
+        """The conversations of the events applied since the last commit."""
 
     async def run(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.thread, fn, *args)
@@ -129,7 +130,7 @@ class _Writer:
             self.opened = now
         applied = self.cache.apply(events, commit=False)
         self.held += len(applied)
-        self.touched.update(str(e.data["conversation_id"]) for e in applied if e.data.get("conversation_id"))
+        self.touched.update([c for e in applied if type(c := e.data.get("conversation_id")) is str])
         if last or self.held >= COMMIT_EVERY or now - self.opened >= COMMIT_AFTER:
             self.commit(done=last)
         elif applied and now - self.said >= PROGRESS_EVERY:
@@ -146,7 +147,7 @@ class _Writer:
         gc.collect()  # the collector is off during a catch-up (see catch_up): what cycles there are go here
 
     def say(self, line: dict[str, Any]) -> None:
-        self.out.write(json.dumps(line, separators=(",", ":")) + "\n")
+        self.out.write(orjson.dumps(line).decode() + "\n")
         self.out.flush()
         self.said = time.monotonic()
 
