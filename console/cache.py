@@ -748,6 +748,16 @@ class Cache:
         with self._write_lock:
             self.conn().execute("UPDATE conversations SET unread = 0 WHERE id = ? AND unread != 0", (conversation_id,))
 
+    def mark_seen(self, seen: dict[str, int]) -> None:
+        """Take ``seen[id]`` off each conversation's unread count, in one transaction: the texts an agent saw
+        unread while the cache could not be written (see ``MainScreen._load_header``). Texts that came in after
+        them stay unread."""
+        with self._write_lock:
+            self.conn().executemany(
+                "UPDATE conversations SET unread = max(0, unread - ?) WHERE id = ? AND unread != 0",
+                [(count, conversation_id) for conversation_id, count in seen.items()],
+            )
+
     def mark_unread(self, conversation_id: str) -> None:
         with self._write_lock:
             self.conn().execute("UPDATE conversations SET unread = max(unread, 1) WHERE id = ?", (conversation_id,))

@@ -162,6 +162,46 @@ async def test_a_long_thread_opens_at_its_newest_and_draws_the_rest_as_it_is_scr
         assert ([list(strip) for strip in thread._lines], thread._line_of_pos) == stepped
 
 
+async def test_while_catching_up_the_header_follows_the_keys_and_what_was_read_is_marked_once_caught_up(
+    tmp_path: Path,
+) -> None:
+    """A long catch-up holds the cache's write lock in the helper process for seconds. A conversation opened
+    meanwhile shows its header at once (it waited for the helper's commit), and is marked read once caught up:
+    the texts the agent saw, not the ones the catch-up brought after."""
+    from console.client import LinkState
+    from console.widgets.conversation_header import ConversationHeader
+
+    cache = Cache(tmp_path / "cache.db")
+    events = demo_events()
+    fill(cache, events)
+    helper = Cache(tmp_path / "cache.db")  # the catch-up helper's connection
+    async with linked(cache) as (app, pilot, link):
+        current = app.main.current
+        target = next(r for r in cache.conversations(100) if r.unread and (current is None or r.id != current.id))
+        link._set(LinkState.CATCHING_UP, "Catching up…", retry_at=None)
+        await settle(pilot)
+        log = EventLog(seq=len(events), ids="caught up")
+        log.inbound(target.customer_number, "and one more thing", NOW)
+        helper.apply(log.events, commit=False)  # its transaction stays open, as the helper's does
+        try:
+            app.main.open_conversation(target.id)
+            shown = None
+            for _ in range(20):
+                await pilot.pause(0.05)
+                shown = app.query_one(ConversationHeader).conversation
+                if shown is not None and shown.id == target.id:
+                    break
+            assert shown is not None and shown.id == target.id  # within a second, not at the helper's commit
+            assert cache.conversation(target.id).unread == target.unread  # not written yet
+        finally:
+            helper.apply([])  # commits: the new text is in
+        assert cache.conversation(target.id).unread == target.unread + 1
+        link._set(LinkState.CONNECTED, "Connected.", retry_at=None)
+        await settle(pilot)
+        assert cache.conversation(target.id).unread == 1  # the text the agent had not seen stays unread
+    helper.close()
+
+
 async def test_a_thread_that_fits_stays_at_its_newest_when_the_window_shrinks(tmp_path: Path) -> None:
     """Opened whole in a tall window, then the window shrinks (or the calls panel grows above it): the reader
     stays at the newest line, and the lines are drawn again for the scrollbar that came, with no sideways scroll."""

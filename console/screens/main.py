@@ -191,6 +191,9 @@ class MainScreen(CallControls, Screen[None]):
         self._touched: set[str] = set()
         self._presence: dict[str, dict[str, str]] = {}
         self._opening: str | None = None
+        self._read_later: dict[str, int] = {}
+        """Conversations opened while catching up, with the unread count each showed: marked read once caught up
+        (see ``_load_header``)."""
         self._offered: tuple[bool, str] | None = None
         self._calls_dirty = False
         self._call_keys = CallKeys(False, None, None, False, None)
@@ -307,12 +310,20 @@ class MainScreen(CallControls, Screen[None]):
     @work(thread=True, group="header")
     def _load_header(self, conversation_id: str, at_pos: int | None = None, mark_read: bool = False) -> None:
         app = self.console_app
-        if mark_read:
+        # While catching up, another process (the catch-up helper) may hold the cache's write lock for seconds: the
+        # mark waits until then (``_read_later``), and the header does not wait for it (it did, showing the last
+        # conversation's over the new thread until the helper committed).
+        later = mark_read and app.catching_up
+        if mark_read and not later:
             app.cache.mark_read(conversation_id)
         row = app.cache.conversation(conversation_id)
-        self._to_ui(self._show_header, row, at_pos, mark_read)
+        self._to_ui(self._show_header, row, at_pos, mark_read, later)
 
-    def _show_header(self, row: ConversationRow | None, at_pos: int | None, opened: bool) -> None:
+    def _show_header(self, row: ConversationRow | None, at_pos: int | None, opened: bool, later: bool = False) -> None:
+        if later and row is not None and row.unread:
+            self._read_later[row.id] = max(row.unread, self._read_later.get(row.id, 0))
+            if not self.console_app.catching_up:  # caught up while this was read
+                self._mark_read_later()
         if opened and row is not None and self._opening is not None and row.id != self._opening:
             return  # the agent moved on while this was read: a later one is coming
         previous = self.current
@@ -332,7 +343,8 @@ class MainScreen(CallControls, Screen[None]):
                 self.console_app.send_signal(previous.id, "idle")
             if opened:  # marked read: the row's count and the total, not a reload of the inbox
                 self.inbox.mark_read(row.id)
-                self._refresh_status()
+                if not later:
+                    self._refresh_status()
         # Only when what the keys can do has changed (a footer refresh also re-checks every binding).
         offered = (row.assignee == self.console_app.agent, row.status)
         if offered != self._offered:
@@ -462,6 +474,20 @@ class MainScreen(CallControls, Screen[None]):
             self._load_header(current.id, mark_read=self.thread.has_focus or self.composer.area.has_focus)
         self._refresh_status()
 
+    def _mark_read_later(self) -> None:
+        marks, self._read_later = self._read_later, {}
+        if marks:
+            self._mark_seen(marks)
+
+    @work(thread=True, group="read-later")
+    def _mark_seen(self, marks: dict[str, int]) -> None:
+        self.console_app.cache.mark_seen(marks)
+        self._to_ui(self._after_read_later)
+
+    def _after_read_later(self) -> None:
+        self.inbox.reload()
+        self._refresh_status()
+
     @work(thread=True, group="status")
     def _refresh_status(self) -> None:
         total = self.console_app.cache.unread_total()
@@ -490,6 +516,8 @@ class MainScreen(CallControls, Screen[None]):
             self.calls.reload(self.console_app.agent)  # "my call" is known once the bridge says who we are
         if changed:  # not for every progress update
             self.refresh_bindings()
+        if self._read_later and not self.console_app.catching_up:
+            self._mark_read_later()
 
     def on_signal_received(self, message: messages.SignalReceived) -> None:
         here = self._presence.setdefault(message.conversation_id, {})
