@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import secrets
@@ -74,7 +75,18 @@ class StoredEvent:
         return value
 
     def frame(self) -> str:
-        return f'{{"seq":{self.seq},"type":{json.dumps(self.type)},"ts":"{self.ts}","data":{self.data_json}}}'
+        return f'{{"seq":{self.seq},"type":{_quoted(self.type)},"ts":"{self.ts}","data":{self.data_json}}}'
+
+
+_quoted = functools.lru_cache(maxsize=256)(json.dumps)
+"""An event type as a JSON string: the same few, again and again."""
+
+_REPLAY = (
+    "SELECT seq, type, ',\"ts\":\"' || ts || '\",\"data\":' || data || '}' "
+    "FROM events WHERE seq > ? ORDER BY seq LIMIT ?"
+)
+"""The events after a seq, each with what follows its type in its frame (``StoredEvent.frame``), put together by
+SQLite: see ``SqliteStore.read_frames_after``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +188,7 @@ class EventStore(Protocol):
     async def write(self, op: Operation[T]) -> T: ...
     async def read(self, query: Callable[[sqlite3.Connection], T]) -> T: ...
     async def read_after(self, seq: int, limit: int = 1000) -> list[StoredEvent]: ...
+    async def read_frames_after(self, seq: int, limit: int = 1000) -> list[tuple[int, str]]: ...
     async def head(self) -> int: ...
 
 
@@ -720,6 +733,19 @@ class SqliteStore:
                 "SELECT seq, type, ts, data FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)
             ).fetchall()
             return [StoredEvent(r[0], r[1], r[2], r[3]) for r in rows]
+
+        return await self.read(query)
+
+    async def read_frames_after(self, seq: int, limit: int = 1000) -> list[tuple[int, str]]:
+        """(seq, frame) of the events after ``seq``, in order: the frames ``StoredEvent.frame`` makes, with no
+        StoredEvent made. A replay's 100k events took 0.20–0.26 s so against 0.41–0.62 s through ``read_after``
+        (a one-off comparison on the bench's bridge log), CPU the bridge shares with the console catching up."""
+
+        def query(conn: sqlite3.Connection) -> list[tuple[int, str]]:
+            return [
+                (n, f'{{"seq":{n},"type":{_quoted(kind)}{rest}')
+                for n, kind, rest in conn.execute(_REPLAY, (seq, limit))
+            ]
 
         return await self.read(query)
 

@@ -138,13 +138,13 @@ async def _replay(
 ) -> int:
     """Send every logged event after ``cursor`` (up to ``until``); returns the new cursor."""
     while until is None or cursor < until:
-        events = await bridge.store.read_after(cursor, REPLAY_PAGE)
+        frames = await bridge.store.read_frames_after(cursor, REPLAY_PAGE)
         if until is not None:
-            events = [e for e in events if e.seq <= until]
-        if not events:
+            frames = [(seq, frame) for seq, frame in frames if seq <= until]
+        if not frames:
             break
-        await _send_events(websocket, [event.frame() for event in events], batched)
-        cursor = events[-1].seq
+        await _send_events(websocket, [frame for _seq, frame in frames], batched)
+        cursor = frames[-1][0]
     return cursor
 
 

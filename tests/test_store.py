@@ -9,6 +9,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
+from unittest.mock import ANY
 
 import pytest
 import sqlite_utils
@@ -89,6 +90,25 @@ async def test_read_after_pages_in_order(store: SqliteStore) -> None:
     page = await store.read_after(10, limit=5)
     assert [e.seq for e in page] == [11, 12, 13, 14, 15]
     assert page[0].frame().startswith('{"seq":11,"type":"test",')
+    await store.close()
+
+
+async def test_replayed_frames_are_the_frames_events_make(store: SqliteStore) -> None:
+    """``read_frames_after`` (the stream's replay) builds in SQL what ``StoredEvent.frame`` builds: the same text,
+    for any type and any data the log holds."""
+    hostile = {"body": 'quote " backslash \\ \u2028 é 🙂 </script> \x1b[31m', "n": [1, 2.5, None, True], "": {}}
+
+    def odd(tx: Tx) -> StoredEvent:
+        return tx.append('type "with" quotes é', hostile)
+
+    for n in range(7):
+        await store.write(appending(n))
+    await store.write(odd)
+    await store.write(appending(8))
+    expected = [(e.seq, e.frame()) for e in await store.read_after(0)]
+    assert await store.read_frames_after(0) == expected
+    assert await store.read_frames_after(3, limit=4) == expected[3:7]
+    assert json.loads(expected[7][1]) == {"seq": 8, "type": 'type "with" quotes é', "ts": ANY, "data": hostile}
     await store.close()
 
 
