@@ -45,7 +45,7 @@ import orjson
 
 from bridge import protocol
 from console.cache import Cache
-from console.client import CATCH_UP_CACHE_KIB, open_stream
+from console.stream import CATCH_UP_CACHE_KIB, open_stream
 
 COMMIT_EVERY: Final = 100_000
 """Most events in one transaction. 100k events into a 1M-message cache, the same SQL replayed by a one-off

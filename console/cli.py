@@ -78,7 +78,7 @@ async def _check_token(url: str, token: str) -> str | None:
     from websockets.asyncio.client import connect
     from websockets.exceptions import InvalidStatus, WebSocketException
 
-    from console.client import stream_url
+    from console.stream import stream_url
 
     try:
         async with asyncio.timeout(5.0):

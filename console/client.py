@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http.client
-import ipaddress
 import json
 import logging
 import random
@@ -43,14 +42,22 @@ from datetime import UTC, datetime, timedelta
 from enum import Enum
 from types import TracebackType
 from typing import Any, Final, NoReturn, TypeVar
-from urllib.parse import SplitResult, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import orjson
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from bridge import protocol
 from console.cache import Cache, GapError
+from console.stream import (
+    CATCH_UP_CACHE_KIB,
+    OPEN_TIMEOUT,
+    _bridge_parts,
+    health_url,
+    open_stream,
+    stream_url,
+)
 
 log = logging.getLogger("switchboard.console.link")
 
@@ -64,10 +71,6 @@ a missed day lands in random conversations, so bigger batches write each index p
 (and fold more texts into each conversation's one update). 100k events into a 1M-message cache, Cache.apply alone:
 5.2 s in 4000-event batches, 3.5 s in 20,000, 2.5 s in 50,000 — but the events of a batch are held in memory: the
 link alone peaked 73 MB above its start with 20,000 (and FRAME_QUEUE 16), 121 MB with 25,000 and 128."""
-CATCH_UP_CACHE_KIB: Final = 32 * 1024
-"""SQLite page cache of the link's connection while catching up (the default is 2 MiB): the indexes of a large cache
-are mostly re-read otherwise. Measured on a 1M-message cache: 140k events in 4000-event batches took 24 s with the
-default cache and automatic checkpoints, 18 s with this and no checkpoints until caught up."""
 BATCH_WINDOW: Final = 0.005
 """Seconds to wait for more events before applying a batch that is not full."""
 FRAME_QUEUE: Final = 16
@@ -77,7 +80,6 @@ READ_CHUNK: Final = 16 * 1024
 """Bytes read from the socket per loop callback (see _limit_reads)."""
 HEALTHY_AFTER: Final = 1.0
 """Seconds a caught-up connection must last before the backoff starts again from its first, short delay."""
-OPEN_TIMEOUT: Final = 10.0
 DONE_KEPT: Final = timedelta(days=7)
 """How long answered commands stay in the outbox."""
 HEAD_TIMEOUT: Final = 3.0
@@ -222,73 +224,6 @@ class OutboxEntry:
     """pending | done | failed"""
     error: str | None
     """The bridge's sentence when the command failed."""
-
-
-def stream_url(bridge_url: str, after: int) -> str:
-    """``http(s)://host[:port][/prefix]`` (or ``ws(s)://``) → ``ws(s)://host[:port][/prefix]/v1/stream?after=N``,
-    asking for the replay in ``events`` frames (``batch=1``).
-
-    Raises ValueError with a sentence when the URL cannot be a bridge's.
-    """
-    parts = _bridge_parts(bridge_url)
-    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
-    return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/") + "/v1/stream", f"after={after}&batch=1", ""))
-
-
-def open_stream(bridge_url: str, token: str, after: int, agent: str = "switchboard-console/0.1") -> connect:
-    """The stream from ``after`` (``batch=1``), as every console connection opens it: ``await`` it, or use it as
-    an async context manager. Raises what websockets raises (see ``BridgeLink._connect_once`` for what each means).
-
-    Frames are compressed (permessage-deflate) unless the bridge is on this machine (see ``on_this_machine``)."""
-    return connect(
-        stream_url(bridge_url, after),
-        additional_headers={"Authorization": f"Bearer {token}"},
-        user_agent_header=agent,
-        open_timeout=OPEN_TIMEOUT,
-        ping_interval=20,
-        ping_timeout=20,
-        close_timeout=2,
-        max_size=4 * 1024 * 1024,
-        compression=None if on_this_machine(bridge_url) else "deflate",
-    )
-
-
-def on_this_machine(bridge_url: str) -> bool:
-    """True for a bridge at a loopback address (``localhost``, 127.0.0.0/8, ``::1``). Over loopback, compressing
-    the stream only costs CPU, on both sides of one machine: a 100k-event replay cost the bridge 1.3–1.5 CPU seconds
-    with permessage-deflate against 0.6–0.8 without (``tests.bench.profile_catchup``, two runs of each, alternating)."""
-    host = (_bridge_parts(bridge_url).hostname or "").lower()
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def health_url(bridge_url: str) -> str:
-    parts = _bridge_parts(bridge_url)
-    scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
-    return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/") + "/healthz", "", ""))
-
-
-def _bridge_parts(bridge_url: str) -> SplitResult:
-    text = bridge_url.strip()
-    example = "write it like http://127.0.0.1:8000 or https://bridge.example.com"
-    if not text:
-        raise ValueError(f"No bridge URL is set: {example}.")
-    parts = urlsplit(text)
-    if parts.scheme.lower() not in ("http", "https", "ws", "wss"):
-        raise ValueError(f"{bridge_url!r} is not a bridge URL: {example}.")
-    try:
-        parts.port  # noqa: B018 - reading it is the check
-    except ValueError:
-        raise ValueError(f"{bridge_url!r} has a port that is not a number from 0 to 65535.") from None
-    if not parts.hostname:
-        raise ValueError(f"{bridge_url!r} names no host: {example}.")
-    if parts.query or parts.fragment:
-        raise ValueError(f"{bridge_url!r} has a query or fragment; a bridge URL has neither ({example}).")
-    return parts._replace(scheme=parts.scheme.lower())
 
 
 class Backoff:

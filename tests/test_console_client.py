@@ -47,11 +47,9 @@ from console.client import (
     BridgeLink,
     LinkState,
     LinkStatus,
-    on_this_machine,
-    open_stream,
     read_outbox,
-    stream_url,
 )
+from console.stream import on_this_machine, open_stream, stream_url
 from tests.sandbox_support.server import bound_socket, run_app_in_thread
 from tests.support import ACCOUNT_SID, AUTH_TOKEN, CUSTOMER, OUR_NUMBER, inbound_params, signed
 

@@ -12,7 +12,15 @@ ROOT = Path(__file__).resolve().parent.parent
 # The console may use the wire format, and Twilio's segment-counting rules (pure, no I/O) so the composer's counter
 # is the very function the bridge uses: two copies could disagree about what a customer is billed.
 CONSOLE_MAY_IMPORT = {"bridge.protocol", "bridge.segments"}
-HEADLESS = ["console.cache", "console.client", "console.config", "console.phones", "console.text", "console.times"]
+HEADLESS = [
+    "console.cache",
+    "console.client",
+    "console.stream",
+    "console.config",
+    "console.phones",
+    "console.text",
+    "console.times",
+]
 
 
 def imports(path: Path) -> set[str]:

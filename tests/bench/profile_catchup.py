@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         TIMED["log MB"] = wal.stat().st_size / 1e6 if wal.exists() else 0.0
         close(cache)
 
-    cache_module.Cache.close = close_and_measure  # type: ignore[method-assign]
+    cache_module.Cache.close = close_and_measure  # type: ignore[method-assign,assignment]
 
     big = bc.DATA_DIR / "console-1m.db"
     bc.build_cache(big, bc.CONVERSATIONS, bc.MESSAGES)

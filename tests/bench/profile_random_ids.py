@@ -27,7 +27,7 @@ from typing import Any
 
 from bridge.types import conversation_id
 from console.cache import _INBOUND_INSERT, Cache
-from console.client import CATCH_UP_CACHE_KIB
+from console.stream import CATCH_UP_CACHE_KIB
 
 Row = tuple[Any, ...]
 
