@@ -753,10 +753,17 @@ class Cache:
         unread while the cache could not be written (see ``MainScreen._load_header``). Texts that came in after
         them stay unread."""
         with self._write_lock:
-            self.conn().executemany(
-                "UPDATE conversations SET unread = max(0, unread - ?) WHERE id = ? AND unread != 0",
-                [(count, conversation_id) for conversation_id, count in seen.items()],
-            )
+            conn = self.conn()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany(
+                    "UPDATE conversations SET unread = max(0, unread - ?) WHERE id = ? AND unread != 0",
+                    [(count, conversation_id) for conversation_id, count in seen.items()],
+                )
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
 
     def mark_unread(self, conversation_id: str) -> None:
         with self._write_lock:
