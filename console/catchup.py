@@ -42,6 +42,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final, TextIO
 
 import orjson
+from websockets.exceptions import ConnectionClosedOK
 
 from bridge import protocol
 from console.cache import Cache
@@ -185,13 +186,15 @@ async def _catch_up(params: dict[str, Any], out: TextIO) -> int:
             frames: asyncio.Queue[str | bytes | Exception] = asyncio.Queue(READ_AHEAD)
 
             async def read() -> None:
+                # Frames as the bytes they came in (decode=False): orjson reads UTF-8 itself, where a decoded frame
+                # was a second copy, four bytes a character once a text has an emoji, encoded again for orjson.
                 try:
-                    async for raw in ws:
-                        await frames.put(raw)
+                    while True:
+                        await frames.put(await ws.recv(decode=False))
+                except ConnectionClosedOK:
+                    await frames.put(ConnectionError("the bridge closed the stream"))
                 except Exception as exc:  # the end of the connection
                     await frames.put(exc)
-                else:
-                    await frames.put(ConnectionError("the bridge closed the stream"))
 
             reader = asyncio.create_task(read())
             try:

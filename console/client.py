@@ -557,7 +557,7 @@ class BridgeLink:
         count = 0
         try:
             while True:
-                raw = await ws.recv()
+                raw = await ws.recv(decode=False)  # bytes: orjson reads UTF-8 (see console/catchup.py's read)
                 await frames.put(protocol.parse_server_frame(raw, orjson.loads))
                 count += 1
                 if count % 256 == 0:
