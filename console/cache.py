@@ -995,8 +995,8 @@ _INBOX_ORDER: Final = ("conversations_by_activity", "conversations_by_status")
 
 Nearly every conversation of a 100k-event catch-up moves in the inbox (18.7k of 20k), and each move is a delete and
 an insert in both indexes at random places. Sorting the 20k rows again costs less: on a copy of the bench's 1M
-cache, 18.7k summaries written took 0.29–0.44 s with the indexes kept against 0.23–0.27 s dropped and made again
-(0.012 s to drop, 0.04–0.06 s to make; /tmp prototype, three runs). The transaction does both, so the console,
+cache, 18.7k summaries written took 0.29–0.45 s with the indexes kept against 0.23–0.32 s dropped and made again
+(0.012 s to drop, 0.04–0.06 s to make; one-off prototype, six runs of each). The transaction does both, so the console,
 reading its own snapshot meanwhile, never sees the cache without them, and a rollback puts them back."""
 
 

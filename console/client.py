@@ -53,7 +53,7 @@ from console.cache import Cache, GapError
 from console.stream import (
     CATCH_UP_CACHE_KIB,
     OPEN_TIMEOUT,
-    _bridge_parts,
+    bridge_parts,
     health_url,
     open_stream,
     stream_url,
@@ -1177,14 +1177,14 @@ def _fetch_head(url: str) -> int | None:
 
 def _host(bridge_url: str) -> str:
     try:
-        return _bridge_parts(bridge_url).netloc
+        return bridge_parts(bridge_url).netloc
     except ValueError:
         return bridge_url
 
 
 def _hostname(bridge_url: str) -> str:
     try:
-        return _bridge_parts(bridge_url).hostname or bridge_url
+        return bridge_parts(bridge_url).hostname or bridge_url
     except ValueError:
         return bridge_url
 

@@ -1,7 +1,7 @@
 """Opening the bridge's stream: the URLs and settings every console connection uses, the catch-up helper's too.
 
 Apart from console.client so that the helper (console/catchup.py), which needs only this, does not load (or, where
-bytecode is not cached, compile) the whole link: ~40 ms of its start, which the agent waits through.
+bytecode is not cached, compile) the whole link: ~20 ms of its ~0.27 s start, which the agent waits through.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def stream_url(bridge_url: str, after: int) -> str:
 
     Raises ValueError with a sentence when the URL cannot be a bridge's.
     """
-    parts = _bridge_parts(bridge_url)
+    parts = bridge_parts(bridge_url)
     scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
     return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/") + "/v1/stream", f"after={after}&batch=1", ""))
 
@@ -53,7 +53,7 @@ def on_this_machine(bridge_url: str) -> bool:
     """True for a bridge at a loopback address (``localhost``, 127.0.0.0/8, ``::1``). Over loopback, compressing
     the stream only costs CPU, on both sides of one machine: a 100k-event replay cost the bridge 1.3–1.5 CPU seconds
     with permessage-deflate against 0.6–0.8 without (``tests.bench.profile_catchup``, two runs of each, alternating)."""
-    host = (_bridge_parts(bridge_url).hostname or "").lower()
+    host = (bridge_parts(bridge_url).hostname or "").lower()
     if host == "localhost" or host.endswith(".localhost"):
         return True
     try:
@@ -63,12 +63,13 @@ def on_this_machine(bridge_url: str) -> bool:
 
 
 def health_url(bridge_url: str) -> str:
-    parts = _bridge_parts(bridge_url)
+    parts = bridge_parts(bridge_url)
     scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
     return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/") + "/healthz", "", ""))
 
 
-def _bridge_parts(bridge_url: str) -> SplitResult:
+def bridge_parts(bridge_url: str) -> SplitResult:
+    """A bridge URL's parts, its scheme in lower case; raises ValueError with a sentence saying what is wrong."""
     text = bridge_url.strip()
     example = "write it like http://127.0.0.1:8000 or https://bridge.example.com"
     if not text:
