@@ -34,9 +34,10 @@ from tests.processes import free_port
 _TICK_S = 0.01  # /proc times are in clock ticks (100 Hz)
 
 
-def thread_cpu(pid: int) -> dict[str, float]:
-    """CPU seconds so far per thread: the main thread (the event loop) as "loop", the others by thread id."""
-    out: dict[str, float] = {}
+def thread_cpu(pid: int) -> dict[str, tuple[float, float]]:
+    """CPU seconds so far per thread, (user, system): the main thread (the event loop) as "loop", the others by
+    thread id."""
+    out: dict[str, tuple[float, float]] = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
             stat = (task / "stat").read_text()
@@ -44,7 +45,7 @@ def thread_cpu(pid: int) -> dict[str, float]:
             continue
         fields = stat[stat.rindex(")") + 2 :].split()
         name = "loop" if task.name == str(pid) else f"thread {task.name}"
-        out[name] = (int(fields[11]) + int(fields[12])) * _TICK_S
+        out[name] = (int(fields[11]) * _TICK_S, int(fields[12]) * _TICK_S)
     return out
 
 
@@ -83,12 +84,19 @@ async def run(args: argparse.Namespace, pid: int, base: str) -> None:
         f"{kind}: {summary['acks_per_s']:.0f} acks/s, p50 {fmt(lat['p50_ms'])} ms, p99 {fmt(lat['p99_ms'])} ms, "
         f"errors {summary['errors']}, server CPU {summary['server_cpu']:.0%}, others {summary['foreign_cpu']:.2f}"
     )
-    total = sum(after.values()) - sum(before.values())
-    print(f"bridge CPU per ack: {1e3 * total / max(acks, 1):.3f} ms ({acks} acks over {wall:.1f} s, whole run)")
-    for name in sorted(after, key=lambda n: before.get(n, 0.0) - after[n]):
-        used = after[name] - before.get(name, 0.0)
-        if used > 0:
-            print(f"  {name:16} {1e3 * used / max(acks, 1):.3f} ms/ack")
+    used = {
+        name: (user - before.get(name, (0.0, 0.0))[0], system - before.get(name, (0.0, 0.0))[1])
+        for name, (user, system) in after.items()
+    }
+    per_ack = 1e3 / max(acks, 1)
+    total = sum(user + system for user, system in used.values())
+    print(f"bridge CPU per ack: {per_ack * total:.3f} ms ({acks} acks over {wall:.1f} s, whole run)")
+    for name, (user, system) in sorted(used.items(), key=lambda item: -sum(item[1])):
+        if user + system > 0:
+            print(
+                f"  {name:16} {per_ack * (user + system):.3f} ms/ack"
+                f" (user {per_ack * user:.3f}, system {per_ack * system:.3f})"
+            )
     pool.close()
 
 
