@@ -12,6 +12,7 @@ import json
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -542,6 +543,10 @@ class Cache:
         self.bulk_inbox = False
         """Leave the inbox's order out while a transaction writes and sort it again before it commits (the catch-up
         helper's long transactions; see ``_INBOX_ORDER``)."""
+        self.bulk_texts = False
+        """Insert the texts of ``apply(commit=False)`` in a thread of their own while the caller goes on (the
+        catch-up helper, parsing its next frames meanwhile; see ``_TextInserts``)."""
+        self._text_inserts: _TextInserts | None = None
 
     def conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -588,7 +593,15 @@ class Cache:
                 conn = self.conn()
                 conn.execute("BEGIN IMMEDIATE")
                 try:
-                    held = _Held(conn, _Batch(conn), self.cursor(), _set_aside(conn) if self.bulk_inbox else [])
+                    inserts = None
+                    if self.bulk_texts:
+                        if self._text_inserts is None or self._text_inserts.conn is not conn:
+                            if self._text_inserts is not None:
+                                self._text_inserts.close()
+                            self._text_inserts = _TextInserts(conn)
+                        inserts = self._text_inserts
+                    batch = _Batch(conn, inserts)
+                    held = _Held(conn, batch, self.cursor(), _set_aside(conn) if self.bulk_inbox else [])
                 except BaseException:
                     conn.execute("ROLLBACK")
                     raise
@@ -613,7 +626,7 @@ class Cache:
                 batch.flush_rows()  # the texts go to SQLite now; only the conversations' summaries wait
                 self._local.held = held
                 return applied
-            batch.flush()
+            batch.flush()  # and waits for the texts' insert in flight, if any
             batch.prune_depth()
             _put_back(conn, held.set_aside)
             _index_new_messages(conn, bulk=self.bulk_search_index)
@@ -624,6 +637,7 @@ class Cache:
             )
             conn.execute("COMMIT")
         except BaseException:
+            batch.settle()  # a statement still running in the texts' thread would make the rollback fail
             conn.execute("ROLLBACK")
             raise
         finally:
@@ -892,11 +906,17 @@ class Cache:
     def close(self) -> None:
         """Close this thread's connection (a transaction it left open is rolled back)."""
         self.checkpoints.close()
+        held: _Held | None = getattr(self._local, "held", None)
+        if held is not None:
+            held.batch.settle()  # the connection cannot close under a statement running in the texts' thread
+        if self._text_inserts is not None:
+            self._text_inserts.close()
+            self._text_inserts = None
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is not None:
             conn.close()
             self._local.conn = None
-        if getattr(self._local, "held", None) is not None:
+        if held is not None:
             self._local.held = None
             self._write_lock.release()
 
@@ -1134,6 +1154,90 @@ class _KnownCall:
     signature: tuple[Any, ...]
 
 
+class _TextInserts:
+    """A long catch-up's texts inserted in a thread of their own, one hand-over's at a time.
+
+    The texts are first copied into a temporary table (the rows bound as they always were, holding the interpreter
+    lock), then moved into ``messages`` by one INSERT … SELECT in the thread: SQLite's B-tree work for the whole
+    hand-over without the interpreter lock, while the caller parses and applies the next frames. 55,600 texts into
+    a copy of the 1M-message bench cache: 0.47–0.48 s inserted directly against 0.13–0.19 s copied plus 0.29–0.39 s
+    moved (four runs each, alternating), the move being what can overlap; the same split with the next chunk's
+    frames parsed meanwhile took 0.67–0.87 s against 0.94–1.09 s one after the other (three runs each).
+
+    Rows keep their order (a message's position is its place in its thread): the temporary table's rowid is the
+    order they were applied in. One insert is in flight at most; everything else the transaction does on the
+    connection waits for it first (``_AfterTexts``), and an error in it is raised there."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cache-texts")
+        self._in_flight: Future[None] | None = None
+
+    def insert(self, rows: list[list[Any] | tuple[Any, ...]]) -> None:
+        self.wait()
+        conn = self.conn
+        conn.execute(_STAGED_TABLE)  # each time: a rollback takes back a table made in its transaction
+        for kind, run in itertools.groupby(rows, key=type):
+            conn.executemany(_STAGE_INBOUND if kind is tuple else _STAGE_MESSAGE, run)
+        self._in_flight = self._thread.submit(self._move)
+
+    def _move(self) -> None:
+        self.conn.execute(_MOVE_STAGED)
+        self.conn.execute("DELETE FROM temp.staged_messages")
+
+    def wait(self, *, quiet: bool = False) -> None:
+        """Until the insert in flight is done; raises its error unless ``quiet``."""
+        in_flight, self._in_flight = self._in_flight, None
+        if in_flight is None:
+            return
+        try:
+            in_flight.result()
+        except Exception:
+            if not quiet:
+                raise
+
+    def close(self) -> None:
+        self.wait(quiet=True)
+        self._thread.shutdown(wait=True)
+
+
+class _AfterTexts:
+    """A connection whose statements first wait for the texts' insert in flight (see ``_TextInserts``)."""
+
+    def __init__(self, conn: sqlite3.Connection, inserts: _TextInserts) -> None:
+        self._conn = conn
+        self._inserts = inserts
+
+    def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
+        self._inserts.wait()
+        return self._conn.execute(sql, parameters)
+
+    def executemany(self, sql: str, parameters: Iterable[Any], /) -> sqlite3.Cursor:
+        self._inserts.wait()
+        return self._conn.executemany(sql, parameters)
+
+
+_STAGED_TABLE = (
+    "CREATE TEMP TABLE IF NOT EXISTS staged_messages (id, sid, conversation_id, direction, body, media, status, "
+    "error_code, error_message, agent, at, seq)"
+)
+_STAGE_INBOUND = (
+    "INSERT INTO temp.staged_messages (id, sid, conversation_id, direction, body, media, status, at, seq) "
+    "VALUES (?, ?, ?, 'inbound', ?, ?, 'received', ?, ?)"
+)
+_STAGE_MESSAGE = (
+    "INSERT INTO temp.staged_messages (id, sid, conversation_id, direction, body, media, status, error_code, "
+    "error_message, agent, at, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_MOVE_STAGED = (
+    "INSERT INTO messages (id, sid, conversation_id, direction, body, media, status, error_code, error_message, "
+    "agent, at, seq) SELECT id, sid, conversation_id, direction, body, media, status, error_code, error_message, "
+    f"agent, at, seq FROM temp.staged_messages WHERE true ORDER BY rowid ON CONFLICT(id) WHERE {_KEYED} DO NOTHING"
+)
+"""The staged texts into ``messages`` in the order they were staged. "WHERE true" tells SQLite's parser the ON
+CONFLICT is the upsert's, not a join's; a text that came in never conflicts (it is not in ``messages_by_id``)."""
+
+
 @dataclass(slots=True)
 class _Held:
     """A transaction of applied events not yet committed: its connection, its batch, the cursor within it."""
@@ -1149,8 +1253,11 @@ class _Batch:
     """Conversation rows touched by a batch of messages, written with one UPDATE each; calls folded the same way
     (the newest snapshot of each call written once, its timeline rows and queue-depth samples in one go)."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn = conn
+    def __init__(self, conn: sqlite3.Connection, inserts: _TextInserts | None = None) -> None:
+        self.inserts = inserts
+        self.conn: sqlite3.Connection | _AfterTexts = conn if inserts is None else _AfterTexts(conn, inserts)
+        """The connection, as the batch's statements use it: with ``inserts``, each first waits for the texts'
+        insert in flight, so every statement runs in the order the events came."""
         self.messages: list[list[Any] | tuple[Any, ...]] = []
         """Texts not yet inserted, in order: replies as lists of ``_MESSAGE_INSERT``'s columns (see ``unsent``),
         texts in as tuples of ``_INBOUND_INSERT``'s; one executemany per run of either."""
@@ -1234,18 +1341,29 @@ class _Batch:
                 self.inbox_changed = True
             self.new_rows.clear()
         if self.messages:
-            # In order (a message's position is its place in its thread), each run of texts in or out at once.
-            for kind, rows in itertools.groupby(self.messages, key=type):
-                self.conn.executemany(_INBOUND_INSERT if kind is tuple else _MESSAGE_INSERT, rows)
+            if self.inserts is not None:
+                self.inserts.insert(self.messages)
+            else:
+                # In order (a message's position is its place in its thread), each run of texts in or out at once.
+                for kind, rows in itertools.groupby(self.messages, key=type):
+                    self.conn.executemany(_INBOUND_INSERT if kind is tuple else _MESSAGE_INSERT, rows)
             self.messages.clear()
             self.unsent.clear()
 
     def flush(self) -> None:
+        """Write everything held; returns with nothing left in flight."""
         self.flush_rows()
         self._flush_calls()
         if self.pending:
             self.conn.executemany(_CONVERSATION_UPDATE, [row.params(cid) for cid, row in self.pending.items()])
             self.pending.clear()
+        if self.inserts is not None:
+            self.inserts.wait()
+
+    def settle(self) -> None:
+        """Wait for the texts' insert in flight, if any, whatever became of it (before a rollback)."""
+        if self.inserts is not None:
+            self.inserts.wait(quiet=True)
 
 
 _QUEUED_CALLS = "SELECT count(*) FROM calls WHERE state != 'ended' AND state = 'queued'"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -457,3 +459,69 @@ def test_an_unknown_region_is_refused_with_what_to_use(tmp_path: Path) -> None:
     for bad in ("ZZ", "USA", ""):
         with pytest.raises(ConfigError, match="is not a region: use a two-letter country code"):
             load(nothing, {}, region=bad)
+
+
+def test_a_catch_up_inserting_its_texts_in_a_thread_writes_what_a_plain_apply_writes(tmp_path: Path) -> None:
+    """``bulk_texts`` (the helper's): each hand-over's texts are moved into ``messages`` in a thread while the next
+    is applied. The statements after them wait for them (a reply's status coming in the next hand-over updates the
+    row), and the cache ends as one applied the plain way: same rows in the same order, same conversations,
+    same search."""
+    from tests.console_support import NOW, EventLog, customer, demo_events
+
+    log = EventLog(seq=0, ids="bulk texts")
+    log.events = demo_events()
+    log.seq = log.events[-1].seq
+    for n in range(400):
+        at = NOW + timedelta(seconds=n)
+        if n % 3:
+            log.inbound(customer(n % 37), f"parcel question {n}", at)
+        else:
+            log.outbound(customer(n % 37), f"parcel answer {n}", at, status="delivered" if n % 2 else "queued")
+    events = log.events
+    replayed = events[40:95]  # a reply's row and its status in different hand-overs, and an overlap skipped
+    plain, bulk = Cache(tmp_path / "plain.db"), Cache(tmp_path / "bulk.db")
+    plain.apply(events)
+    bulk.bulk_texts = True
+    for start in range(0, len(events), 37):
+        bulk.apply(events[start : start + 37], commit=False)
+        if start == 111:
+            bulk.apply(replayed, commit=False)
+    bulk.apply([], commit=True)
+
+    def table(cache: Cache, sql: str) -> list[tuple[object, ...]]:
+        return [tuple(row) for row in cache.conn().execute(sql)]
+
+    assert bulk.cursor() == plain.cursor() == events[-1].seq
+    messages = (
+        "SELECT pos, id, sid, conversation_id, direction, body, media, status, error_code, agent, at, seq FROM messages"
+    )
+    assert table(bulk, messages + " ORDER BY pos") == table(plain, messages + " ORDER BY pos")
+    assert table(bulk, "SELECT * FROM conversations ORDER BY id") == table(
+        plain, "SELECT * FROM conversations ORDER BY id"
+    )
+    assert [m.id for m in bulk.search("parcel")] == [m.id for m in plain.search("parcel")]
+    assert any(row[7] == "delivered" for row in table(bulk, messages + " WHERE direction = 'outbound'"))
+    assert tuple(bulk.conn().execute("PRAGMA integrity_check").fetchone()) == ("ok",)
+    bulk.close()
+    plain.close()
+
+
+def test_a_failed_insert_in_the_texts_thread_rolls_the_whole_transaction_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The texts' thread's error comes out of the next apply, and nothing of the open transaction stays."""
+    cache = Cache(tmp_path / "c.db")
+    cache.apply([received(1, "before")])
+    cache.bulk_texts = True
+    monkeypatch.setattr(
+        cache_module, "_MOVE_STAGED", cache_module._MOVE_STAGED.replace("ORDER BY rowid", "ORDER BY nope")
+    )
+    cache.apply([received(2, "lost")], commit=False)
+    with pytest.raises(sqlite3.OperationalError, match="nope"):
+        cache.apply([received(3, "lost too")], commit=True)
+    assert cache.cursor() == 1
+    assert [m.body for m in cache.messages(CID)] == ["before"]
+    monkeypatch.undo()
+    cache.apply([received(2, "again"), received(3, "and again")])
+    assert [m.body for m in cache.messages(CID)] == ["before", "again", "and again"]
+    cache.close()

@@ -6,9 +6,9 @@
 The helper's ``catch_up`` runs in this process (no spawn, no console), on a fresh copy of bench_console's 1M cache
 each run, against ``bridge.cli serve`` in its own process holding the 100k events bench_console's catch-up uses.
 Reported per run: the time to caught up, the commits, and where it went (parsing, the Python of applying, the
-texts' inserts, the conversation updates and full-text index at commit), and the CPU seconds the helper (all its
-threads) and the bridge used meanwhile. The timings wrap the functions from
-here (benchmark side); the product runs unwrapped. Writes ``results/catchup-<UTC time>.json``.
+texts' inserts, their move in their own thread and the waits for it, the conversation updates and full-text index
+at commit), and the CPU seconds the helper (all its threads) and the bridge used meanwhile. The timings wrap the
+functions from here (benchmark side); the product runs unwrapped. Writes ``results/catchup-<UTC time>.json``.
 """
 
 from __future__ import annotations
@@ -59,7 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         catchup.COMMIT_AFTER = args.commit_after  # type: ignore[misc]
     timed(protocol, "parse_server_frame", "parse")
     timed(cache_module, "_apply_one", "apply (Python)")
-    timed(cache_module._Batch, "flush_rows", "texts' inserts")
+    timed(cache_module._Batch, "flush_rows", "texts' inserts")  # with bulk_texts: staging them, and any wait
+    timed(cache_module._TextInserts, "_move", "texts moved (their thread)")
+    timed(cache_module._TextInserts, "wait", "waits for the texts' thread")
     timed(cache_module._Batch, "flush", "conversation updates at commit")
     timed(cache_module, "_index_new_messages", "full-text index")
     timed(cache_module, "_set_aside", "inbox indexes dropped")
