@@ -84,8 +84,10 @@ def run_async(main: Coroutine[Any, Any, T]) -> T:
 
 
 async def drain(url: str, token: str, max_seconds: float) -> dict[str, Any]:
-    """Read the stream until SIGTERM: count events, check seqs are contiguous, time commit → received."""
-    from websockets.asyncio.client import connect
+    """Read the stream of the bridge at ``url`` (its base URL) until SIGTERM: count events, check seqs are
+    contiguous, time commit → received. Connected as every console connects (``console.stream.open_stream``:
+    ``batch=1``, and no compression to a bridge on this machine)."""
+    from console.stream import open_stream
 
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
@@ -93,9 +95,7 @@ async def drain(url: str, token: str, max_seconds: float) -> dict[str, Any]:
     last_seq = 0
     gaps = 0
     lag: list[float] = []
-    async with connect(
-        url, additional_headers={"Authorization": f"Bearer {token}"}, open_timeout=10, max_size=4 * 1024 * 1024
-    ) as ws:
+    async with open_stream(url, token, 0, "switchboard-bench-stream-client/0.1") as ws:
 
         async def reader() -> None:
             nonlocal events, last_seq, gaps
@@ -390,7 +390,7 @@ def main_run(args: argparse.Namespace) -> int:
                 "tests.bench.bench_ingest",
                 "drain",
                 "--url",
-                f"ws://127.0.0.1:{ports['bridge']}/v1/stream?after=0&batch=1",  # as the console asks
+                f"http://127.0.0.1:{ports['bridge']}",
                 "--token",
                 token,
             ),

@@ -125,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "tests.bench.bench_ingest",
                 "drain",
                 "--url",
-                f"ws://127.0.0.1:{port}/v1/stream?after=0&batch=1",
+                f"http://127.0.0.1:{port}",
                 "--token",
                 token,
             ),
