@@ -909,10 +909,11 @@ class Cache:
         held: _Held | None = getattr(self._local, "held", None)
         if held is not None:
             held.batch.settle()  # the connection cannot close under a statement running in the texts' thread
-        if self._text_inserts is not None:
-            self._text_inserts.close()
-            self._text_inserts = None
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        inserts = self._text_inserts
+        if inserts is not None and inserts.conn is conn:  # this thread's
+            inserts.close()
+            self._text_inserts = None
         if conn is not None:
             conn.close()
             self._local.conn = None

@@ -251,9 +251,9 @@ class ThreadView(ScrollView, can_focus=True):
         self._more_asked = False
         """A step of those rows is on its way (``_draw_more_if_near_top``)."""
         self._styles: dict[tuple[str, bool], Style] = {}
+        """Component styles read during the current rebuild (see ``_component_style``)."""
         self._frame_style: Style | None = None
         """The widget's style while a frame is drawn (see render_lines)."""
-        """Component styles read during the current rebuild (see ``_component_style``)."""
 
     # -- loading ---------------------------------------------------------------------------------------------
 
@@ -636,7 +636,7 @@ class ThreadView(ScrollView, can_focus=True):
             self._frame_style = None
 
     def render_line(self, y: int) -> Strip:
-        style = self._frame_style or self.rich_style
+        style = self.rich_style if self._frame_style is None else self._frame_style
         index = int(self.scroll_offset.y) + y
         if 0 <= index < len(self._lines):
             return self._lines[index].apply_style(style)
