@@ -636,3 +636,24 @@ async def test_a_batch_of_texts_gets_fewer_toasts_on_a_short_terminal(
         said = [str(n.message) for n in app._notifications]
         assert said == [f"batch text {n}" for n in range(toasts)]
         assert app.screen._texts_unsaid == 4 - toasts  # type: ignore[attr-defined]
+
+
+async def test_moving_the_inbox_cursor_redraws_only_the_two_rows_it_left_and_reached(
+    cache: Cache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cursor is a reactive that would repaint the whole list at every move; the list redraws the two rows."""
+    async with running(cache) as (app, pilot):
+        inbox = app.query_one(ConversationList)
+        drawn: list[int] = []
+        draw = ConversationList.render_line
+
+        def counted(self: ConversationList, y: int) -> Strip:
+            drawn.append(y)
+            return draw(self, y)
+
+        monkeypatch.setattr(ConversationList, "render_line", counted)
+        before = inbox.cursor
+        await pilot.press("down")
+        await settle(pilot)
+        assert inbox.cursor == before + 1
+        assert sorted(set(drawn)) == [before * inbox.per_row + k for k in range(2 * inbox.per_row)]

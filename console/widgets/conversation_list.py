@@ -80,8 +80,10 @@ class ConversationList(ScrollView, can_focus=True):
     }
     """
 
-    cursor: reactive[int] = reactive(0, always_update=True)
-    """Index of the highlighted row in the current filter's order."""
+    cursor: reactive[int] = reactive(0, always_update=True, repaint=False)
+    """Index of the highlighted row in the current filter's order. Not a repainting reactive: ``watch_cursor``
+    redraws the two rows that change (with repaint on, every move redrew the whole list: 33 lines, ~1.2 ms more a
+    switch on the 1M cache, headless)."""
 
     @dataclass
     class Selected(Message):
