@@ -546,7 +546,6 @@ class Cache:
         self.bulk_texts = False
         """Insert the texts of ``apply(commit=False)`` in a thread of their own while the caller goes on (the
         catch-up helper, parsing its next frames meanwhile; see ``_TextInserts``)."""
-        self._text_inserts: _TextInserts | None = None
 
     def conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -554,6 +553,13 @@ class Cache:
             conn = _connect(self.path)
             self._local.conn = conn
         return conn
+
+    def _text_inserts(self, conn: sqlite3.Connection) -> _TextInserts:
+        """The texts' thread of this thread's connection (``bulk_texts``), made on first use."""
+        inserts: _TextInserts | None = getattr(self._local, "text_inserts", None)
+        if inserts is None:
+            inserts = self._local.text_inserts = _TextInserts(conn)
+        return inserts
 
     # -- cursor and meta -------------------------------------------------------------------------------------
 
@@ -593,14 +599,7 @@ class Cache:
                 conn = self.conn()
                 conn.execute("BEGIN IMMEDIATE")
                 try:
-                    inserts = None
-                    if self.bulk_texts:
-                        if self._text_inserts is None or self._text_inserts.conn is not conn:
-                            if self._text_inserts is not None:
-                                self._text_inserts.close()
-                            self._text_inserts = _TextInserts(conn)
-                        inserts = self._text_inserts
-                    batch = _Batch(conn, inserts)
+                    batch = _Batch(conn, self._text_inserts(conn) if self.bulk_texts else None)
                     held = _Held(conn, batch, self.cursor(), _set_aside(conn) if self.bulk_inbox else [])
                 except BaseException:
                     conn.execute("ROLLBACK")
@@ -906,18 +905,15 @@ class Cache:
     def close(self) -> None:
         """Close this thread's connection (a transaction it left open is rolled back)."""
         self.checkpoints.close()
-        held: _Held | None = getattr(self._local, "held", None)
-        if held is not None:
-            held.batch.settle()  # the connection cannot close under a statement running in the texts' thread
+        inserts: _TextInserts | None = getattr(self._local, "text_inserts", None)
+        if inserts is not None:
+            inserts.close()  # waits for a move in flight: the connection cannot close under it
+            self._local.text_inserts = None
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        inserts = self._text_inserts
-        if inserts is not None and inserts.conn is conn:  # this thread's
-            inserts.close()
-            self._text_inserts = None
         if conn is not None:
             conn.close()
             self._local.conn = None
-        if held is not None:
+        if getattr(self._local, "held", None) is not None:
             self._local.held = None
             self._write_lock.release()
 
