@@ -15,11 +15,17 @@ from console.config import ConsoleConfig
 from console.widgets.conversation_list import ConversationList
 from tests.console_support import calls_events, demo_events, fill, frozen_clock
 
+_CACHES = tempfile.TemporaryDirectory(prefix="switchboard-snap-")
+"""Where the apps' caches live: removed when the test process exits (an app outlives the call that makes it)."""
+
+
+def _cache() -> Cache:
+    return Cache(Path(tempfile.mkdtemp(dir=_CACHES.name)) / "cache.db")
+
 
 def demo_app(config: ConsoleConfig | None = None) -> SwitchboardApp:
     """The console over the demo's seeded history, offline (a snapshot must not depend on a network)."""
-    directory = Path(tempfile.mkdtemp(prefix="switchboard-snap-"))
-    cache = Cache(directory / "cache.db")
+    cache = _cache()
     fill(cache, demo_events())
     cache.set_meta("agent", "you")
     return SwitchboardApp(cache, config or ConsoleConfig(), clock=frozen_clock, tz=UTC, steady=True)
@@ -27,8 +33,7 @@ def demo_app(config: ConsoleConfig | None = None) -> SwitchboardApp:
 
 def calls_app(waiting: int = 4, mine: str | None = "on_hold") -> SwitchboardApp:
     """The demo's morning with voice: callers waiting, this agent's call (on hold), a voicemail, an hour of queue."""
-    directory = Path(tempfile.mkdtemp(prefix="switchboard-snap-"))
-    cache = Cache(directory / "cache.db")
+    cache = _cache()
     texts = demo_events()
     fill(cache, texts + calls_events(texts, waiting=waiting, mine=mine))
     cache.set_meta("agent", "you")
