@@ -179,7 +179,12 @@ async def _receive_loop(bridge: Bridge, websocket: WebSocket, sub: Subscriber) -
                 text = await websocket.receive_text()
             except WebSocketDisconnect:
                 return
-            except (KeyError, RuntimeError):  # a binary frame, or the socket closing under us
+            except RuntimeError:
+                # Starlette's WebSocketDisconnected: a send to this console failed (it went away), so the socket is
+                # closed on our side and every further receive raises at once. Going round again would spin the
+                # event loop and stall the whole bridge; the endpoint's own teardown closes the rest.
+                return
+            except KeyError:  # a binary frame
                 sub.offer((None, protocol.encode(protocol.error("bad_frame", "frames must be JSON text"))))
                 continue
             try:

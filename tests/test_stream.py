@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
@@ -390,3 +391,52 @@ async def test_live_events_queued_together_go_in_one_events_frame_with_batch(tmp
 
     assert shape(sockets[True]) == [[1, 2, 3], "caught_up", [4, 5, 6, 7], "signal", 8]
     assert shape(sockets[False]) == [1, 2, 3, "caught_up", 4, 5, 6, 7, "signal", 8]
+
+
+@pytest.mark.timeout(30)
+async def test_a_console_that_goes_away_mid_send_ends_its_stream_without_stalling_the_bridge(
+    settings: Settings, agent_token: str
+) -> None:
+    """A send to a console fails (it reset the connection) while one more of its frames is being delivered: the
+    stream ends. (A receive loop that went round on the closed socket's error never yielded: the event loop froze,
+    and every webhook and every other console with it; here the test timed out.)"""
+    app = create_app(settings)
+    sent: list[str] = []
+
+    async with app.router.lifespan_context(app) as state:
+        inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        inbox.put_nowait({"type": "websocket.connect"})
+        signal = {"type": "signal", "conversation_id": "CV" + "0" * 32, "signal": "typing"}
+
+        async def receive() -> dict[str, Any]:
+            return await inbox.get()
+
+        async def send(message: MutableMapping[str, Any]) -> None:
+            sent.append(message.get("text") or message["type"])
+            if '"type":"result"' in message.get("text", ""):
+                await asyncio.sleep(0)
+                inbox.put_nowait({"type": "websocket.receive", "text": json.dumps(signal)})
+                raise ConnectionResetError("the console went away")  # uvicorn's ClientDisconnected is an OSError
+
+        scope = {
+            "type": "websocket",
+            "path": "/v1/stream",
+            "raw_path": b"/v1/stream",
+            "query_string": b"after=0",
+            "headers": [(b"authorization", f"Bearer {agent_token}".encode()), (b"host", b"testserver")],
+            "scheme": "ws",
+            "server": ("testserver", 80),
+            "client": ("127.0.0.1", 5000),
+            "root_path": "",
+            "subprotocols": [],
+            "state": dict(state or {}),
+            "app": app,
+            "extensions": {},
+        }
+        stream = asyncio.create_task(app(scope, receive, send))
+        await asyncio.sleep(0.2)
+        command = {"type": "command", "id": "c1", "command": "list_agents", "args": {}}
+        inbox.put_nowait({"type": "websocket.receive", "text": json.dumps(command)})
+        with contextlib.suppress(OSError):
+            await asyncio.wait_for(stream, 5)
+    assert any('"type":"caught_up"' in text for text in sent)
