@@ -7,7 +7,7 @@ import json
 import logging
 import sqlite3
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from bridge import protocol
@@ -27,12 +27,14 @@ from bridge.segments import analyze
 from bridge.settings import Settings
 from bridge.store import SqliteStore
 from bridge.twilio_errors import hint_for
-from bridge.twilio_rest import CLOCK_SKEW, OutgoingMessage, TwilioError, TwilioRest, TwilioUnavailable
+from bridge.twilio_rest import CLOCK_SKEW, OutgoingMessage, TwilioError, TwilioRest, TwilioUnavailable, TwilioUnsure
 from bridge.types import E164, ConversationId, conversation_id
 
 log = logging.getLogger("switchboard.bridge.commands")
 
 MAX_BODY = 1600
+UNSURE_RETRY_MAX = 60.0
+"""Longest wait, in seconds, between asks about a send Twilio may or may not hold (see ``_deliver``)."""
 MAX_MEDIA = 10
 
 UNFINISHED_SENDS = (
@@ -230,13 +232,28 @@ class CommandRunner:
             rows = conn.execute(REPLIES_TO_CUSTOMER, (conv.customer_number,)).fetchall()
             return {str(row[0]) for row in rows}
 
+        wait = max(self.settings.rest_backoff, 0.01) * 4
         try:
-            resource = None
-            known = await self.store.read(known_sids)
-            if since is not None:  # an earlier attempt may have reached Twilio before a crash: look first
-                resource = await self.twilio.find_sent(outgoing, since=since - CLOCK_SKEW, exclude=known)
-            if resource is None:
-                resource = await self.twilio.create_message(outgoing, exclude=known)
+            while True:
+                resource = None
+                known = await self.store.read(known_sids)
+                try:
+                    if since is not None:  # an earlier try may have reached Twilio (before a crash): look first
+                        try:
+                            resource = await self.twilio.find_sent(outgoing, since=since - CLOCK_SKEW, exclude=known)
+                        except TwilioUnavailable as exc:
+                            raise TwilioUnsure(f"an earlier try may have reached Twilio, and {exc}") from exc
+                    if resource is None:
+                        since = datetime.now(UTC)
+                        resource = await self.twilio.create_message(outgoing, exclude=known)
+                    break
+                except TwilioUnsure as exc:
+                    # Twilio may hold this text: sending it again could send it twice, and calling it failed could
+                    # have the agent send it twice. The command stays running, the agent's outbox shows it waiting,
+                    # and Twilio is asked again until it says (a restart resumes it the same way: recover()).
+                    log.warning("send %s for %s: %s; asking Twilio again in %.1f s", command_id, agent, exc, wait)
+                    await asyncio.sleep(wait)
+                    wait = min(wait * 2, UNSURE_RETRY_MAX)
         except TwilioError as exc:
             code, said, hint = exc.code, exc.message, hint_for(exc.code)
             # Twilio's own message usually ends with a full stop: one sentence, not "number. (error 21211)."

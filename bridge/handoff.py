@@ -708,10 +708,7 @@ class Handoff:
             leg = await self.store.read(lambda conn: leg_row(conn, leg_id))
             if leg is None or leg["status"] != "dialing":
                 return  # hung up (or settled) meanwhile
-            found = await self.rest.fetch_participant(conference, leg_id)
-            if found is not None:
-                await self._learn_leg(leg_id, found)
-                await self._catch_up_leg(call_sid, leg_id, str(found.get("status") or ""))
+            if await self._found_dialled(call_sid, conference, leg_id):
                 return
         form = [
             ("From", step["from"]),
@@ -731,6 +728,9 @@ class Handoff:
         try:
             created = await self.rest.create_participant(conference, form)
         except (TwilioError, TwilioUnavailable) as exc:
+            # No answer is not a refusal: the request may have reached Twilio, and the phone may be ringing.
+            if isinstance(exc, TwilioUnavailable) and await self._found_dialled(call_sid, conference, leg_id):
+                return
             log.warning("call %s: could not dial %s: %s", call_sid, step["to"], exc)
 
             def failed(tx: Tx) -> list[Intent]:
@@ -742,6 +742,25 @@ class Handoff:
             self.run_intents(await self.store.write(failed))
             return
         await self._learn_leg(leg_id, created)
+
+    async def _found_dialled(self, call_sid: str, conference: str, leg_id: str) -> bool:
+        """Whether Twilio holds the leg's participant, a dial whose answer never came (lost, or cut by a crash); if so
+        the leg learns it and catches up with it. When Twilio cannot be asked, whatever may ring under the leg's
+        label is hung up (best effort), so that a leg then called failed leaves no phone ringing into the call."""
+        try:
+            found = await self.rest.fetch_participant(conference, leg_id)
+        except TwilioUnavailable as exc:
+            log.warning(
+                "call %s: could not ask Twilio about leg %s (%s): hanging it up to be sure", call_sid, leg_id, exc
+            )
+            with contextlib.suppress(TwilioError, TwilioUnavailable):
+                await self._ignoring_gone(self.rest.delete_participant(conference, leg_id))
+            return False
+        if found is None:
+            return False
+        await self._learn_leg(leg_id, found)
+        await self._catch_up_leg(call_sid, leg_id, str(found.get("status") or ""))
+        return True
 
     async def _catch_up_leg(self, call_sid: str, leg_id: str, status: str) -> None:
         """A leg dialled before a crash may have answered (or ended) while the bridge was down, and Twilio does not

@@ -38,6 +38,11 @@ class TwilioUnavailable(Exception):
     """Twilio could not be reached, or kept failing, after every retry."""
 
 
+class TwilioUnsure(TwilioUnavailable):
+    """A create may have reached Twilio, and Twilio could not be asked since whether it did: sending again could
+    send it twice, calling it failed could be wrong. Ask again later (``find_sent``) before anything else."""
+
+
 # Failures where Twilio certainly did not act on the request: safe to send again.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 # Failures after the request may have reached Twilio: look before sending again.
@@ -107,12 +112,19 @@ class TwilioRest:
             form.append(("StatusCallback", msg.status_callback))
         started = datetime.now(UTC) - CLOCK_SKEW
         last_problem = "no attempt made"
+        unsure = False
+        """A try may have reached Twilio, and no lookup has said since whether it did: nothing is sent until one has."""
         for attempt in range(self.settings.rest_retries + 1):
-            if attempt:
-                maybe = last_problem.startswith("maybe")
-                found = await self.find_sent(msg, since=started, exclude=exclude) if maybe else None
+            if unsure:
+                try:
+                    found = await self.find_sent(msg, since=started, exclude=exclude)
+                except TwilioUnavailable as exc:
+                    last_problem = f"maybe sent, and {exc}"
+                    await self._backoff(attempt)
+                    continue
                 if found is not None:
                     return found
+                unsure = False  # Twilio does not hold it: sending again is safe
             try:
                 response = await self._request("POST", "/Messages.json", content=urlencode(form), headers=FORM_HEADERS)
             except _NOT_SENT as exc:
@@ -120,7 +132,7 @@ class TwilioRest:
                 await self._backoff(attempt)
                 continue
             except _MAYBE_SENT as exc:
-                last_problem = f"maybe sent: {exc!r}"
+                last_problem, unsure = f"maybe sent: {exc!r}", True
                 await self._backoff(attempt)
                 continue
             if response.status_code in (200, 201):
@@ -131,17 +143,19 @@ class TwilioRest:
                 await self._backoff(attempt, response.headers.get("Retry-After"))
                 continue
             if response.status_code >= 500:
-                last_problem = f"maybe sent: Twilio answered {response.status_code}"
+                last_problem, unsure = f"maybe sent: Twilio answered {response.status_code}", True
                 await self._backoff(attempt, response.headers.get("Retry-After"))
                 continue
             self._raise_for_twilio(response)
-        if last_problem.startswith("maybe"):
-            found = await self.find_sent(msg, since=started, exclude=exclude)
+        tries = f"after {self.settings.rest_retries + 1} tries ({last_problem})"
+        if unsure:
+            try:
+                found = await self.find_sent(msg, since=started, exclude=exclude)
+            except TwilioUnavailable as exc:
+                raise TwilioUnsure(f"Twilio may hold the message: no answer {tries}, and {exc}") from exc
             if found is not None:
                 return found
-        raise TwilioUnavailable(
-            f"Twilio did not accept the message after {self.settings.rest_retries + 1} tries ({last_problem})"
-        )
+        raise TwilioUnavailable(f"Twilio did not accept the message {tries}")
 
     async def find_sent(
         self, msg: OutgoingMessage, since: datetime, exclude: Collection[str] = ()
@@ -150,18 +164,16 @@ class TwilioRest:
 
         Used to reconcile a send whose outcome is unknown (a crash or a timeout after the request left).
         ``exclude`` holds the SIDs of messages already known to be other sends: an agent who sends the same words
-        twice in a row must not have the second taken for the first (and never sent).
+        twice in a row must not have the second taken for the first (and never sent). None means Twilio answered
+        and holds no such message; TwilioUnavailable, that it could not be asked (which is not the same: sending
+        again then could send twice).
         """
         params: dict[str, str] = {"To": msg.to, "PageSize": "50"}
         if msg.from_number and not msg.messaging_service_sid:
             params["From"] = msg.from_number
-        try:
-            response = await self._request("GET", "/Messages.json", params=params)
-        except (*_NOT_SENT, *_MAYBE_SENT):
-            return None
-        if response.status_code != 200:
-            return None
-        payload = response.json()
+        payload = await self._look("/Messages.json", params)
+        if payload is None:
+            raise TwilioUnavailable("Twilio's list of messages answered 404")
         for item in payload.get("messages", []):
             if item.get("body") != msg.body or not str(item.get("direction", "")).startswith("outbound"):
                 continue
@@ -270,16 +282,27 @@ class TwilioRest:
         return found
 
     async def fetch_participant(self, conference: str, participant: str) -> dict[str, Any] | None:
-        """GET a participant by CallSid or label; None when Twilio has no such participant (or cannot say)."""
+        """GET a participant by CallSid or label; None when Twilio has no such participant (404), TwilioUnavailable
+        when it could not be asked."""
         path = f"/Conferences/{quote(conference, safe='')}/Participants/{quote(participant, safe='')}.json"
+        return await self._look(path)
+
+    async def _look(self, path: str, params: dict[str, str] | None = None) -> dict[str, Any] | None:
+        """One GET that tells "Twilio has none" (None, on 404) from "Twilio could not be asked"
+        (TwilioUnavailable): the lookups that decide whether a create went through. Their callers try again."""
         try:
-            response = await self._request("GET", path)
-        except (*_NOT_SENT, *_MAYBE_SENT):
+            response = await self._request("GET", path, params=params)
+        except (*_NOT_SENT, *_MAYBE_SENT) as exc:
+            raise TwilioUnavailable(f"could not look it up at Twilio (no answer: {exc!r})") from exc
+        if response.status_code == 404:
             return None
-        if response.status_code != 200:
-            return None
-        found: dict[str, Any] = response.json()
-        return found
+        try:
+            payload = response.json() if response.status_code == 200 else None
+        except ValueError:
+            payload = None
+        if not isinstance(payload, dict):
+            raise TwilioUnavailable(f"could not look it up at Twilio (it answered {response.status_code})")
+        return payload
 
     async def update_participant(
         self, conference: str, participant: str, form: Sequence[tuple[str, str]]

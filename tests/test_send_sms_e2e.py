@@ -146,8 +146,11 @@ class RestGate:
     """ASGI middleware in front of the sandbox that can fail, hold or delay message creations.
 
     ``fail_next``: that many ``POST …/Messages.json`` are answered 500 without reaching the sandbox, as when Twilio
-    fails before creating the message. ``hold``: each POST waits (its body read) until the test forwards it to the
-    sandbox or drops it, so a test can kill the bridge while its request is provably in flight. ``hold_answers``:
+    fails before creating the message. ``lose_next``: that many POSTs reach the sandbox (it creates the message),
+    and their answer is replaced by a 502, as when the answer is lost on the way back. ``fail_lookups``: that many
+    ``GET …/Messages.json`` are answered 503. ``hold``: each POST waits (its body read) until the test forwards
+    it to the sandbox or drops it, so a test can kill the bridge while its request is provably in flight.
+    ``hold_answers``:
     the sandbox creates the message (and starts its delivery) but its answer waits for ``answers.set()``, so status
     callbacks can reach the bridge before the answer does. Runs in the sandbox's server thread; the test talks to
     it through thread-safe state only.
@@ -158,6 +161,8 @@ class RestGate:
         self.hold = False
         self.hold_answers = False
         self.fail_next = 0
+        self.lose_next = 0
+        self.fail_lookups = 0
         self.answers = threading.Event()
         self.posts = 0
         self.lookups = 0
@@ -176,6 +181,12 @@ class RestGate:
         if scope["method"] == "GET":
             with self._lock:
                 self.lookups += 1
+                failing = self.fail_lookups > 0
+                self.fail_lookups -= failing
+            if failing:
+                await send({"type": "http.response.start", "status": 503, "headers": []})
+                await send({"type": "http.response.body", "body": b""})
+                return
             await self.app(scope, receive, send)
             return
         body = b""
@@ -218,7 +229,17 @@ class RestGate:
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()
 
+        with self._lock:
+            losing = self.lose_next > 0
+            self.lose_next -= losing
+
         async def slow_send(message: AsgiMessage) -> None:
+            if losing:  # created at the sandbox; the bridge hears only that something went wrong
+                if message["type"] == "http.response.start":
+                    await send({"type": "http.response.start", "status": 502, "headers": []})
+                elif not message.get("more_body", False):
+                    await send({"type": "http.response.body", "body": b""})
+                return
             if message["type"] == "http.response.start" and self.hold_answers:
                 await _until(self.answers)
             await send(message)
@@ -511,6 +532,24 @@ async def test_a_retry_after_twilio_failed_never_takes_an_earlier_identical_text
         sent = await world.sent_to(CUSTOMER)
         assert [m["sid"] for m in sent] == [second["data"]["message_sid"], first["data"]["message_sid"]]
         assert (world.gate.posts, world.gate.lookups) == (3, 1)
+
+
+async def test_a_send_twilio_may_hold_is_asked_about_until_it_answers_never_sent_twice(tmp_path: Path) -> None:
+    """The sandbox creates the reply but its answer is lost (502), and the lookups that follow fail for a while
+    (503): past every retry, the bridge neither sends the reply again nor calls it failed; it keeps asking, and
+    when Twilio answers, the reply it finds is the one this command sent."""
+    async with loopback(tmp_path) as world, world.console() as agent:
+        cid = await conversation_with(world, agent, "Did my refund go through?")
+        world.gate.lose_next = 1
+        world.gate.fail_lookups = 6  # more than rest_retries allows in one go
+        result = await agent.command("refund-1", {"conversation_id": cid, "body": "Yes, it did."})
+        assert result["ok"] is True, result
+        assert world.gate.posts == 1
+        assert world.gate.lookups > 6
+        [sent] = await world.sent_to(CUSTOMER)
+        assert result["data"]["message_sid"] == sent["sid"]
+        assert world.db("SELECT state FROM commands WHERE id = 'refund-1'") == [("done",)]
+        assert world.db("SELECT sid FROM messages WHERE id = ?", (result["data"]["message_id"],)) == [(sent["sid"],)]
 
 
 async def test_an_opted_out_customer_is_refused_and_nothing_reaches_twilio(tmp_path: Path) -> None:

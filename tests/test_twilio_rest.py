@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from bridge.settings import Settings
-from bridge.twilio_rest import OutgoingMessage, TwilioError, TwilioRest, TwilioUnavailable
+from bridge.twilio_rest import OutgoingMessage, TwilioError, TwilioRest, TwilioUnavailable, TwilioUnsure
 from tests.support import ACCOUNT_SID, AUTH_TOKEN, CUSTOMER, OUR_NUMBER
 
 MSG = OutgoingMessage(
@@ -137,6 +137,47 @@ async def test_a_timeout_after_sending_looks_before_resending() -> None:
 
     def handler(request: httpx.Request) -> httpx.Response:
         if request.method == "GET":
+            return httpx.Response(200, json={"messages": created, "next_page_uri": None})
+        created.append(resource())
+        raise httpx.ReadTimeout("lost answer", request=request)
+
+    found = await client_with(handler).create_message(MSG)
+    assert len(created) == 1
+    assert found["sid"] == created[0]["sid"]
+
+
+async def test_a_timeout_after_sending_is_never_sent_again_while_twilio_cannot_be_asked() -> None:
+    """The answer to the POST is lost and every lookup fails (503, then no connection): "not found" is not what
+    Twilio said, so nothing is posted again, and the error says the message may be at Twilio."""
+    created: list[bytes] = []
+    lookups = 0
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal lookups
+        if request.method == "POST":
+            created.append(request.content)
+            raise httpx.ReadTimeout("lost answer", request=request)
+        lookups += 1
+        if lookups % 2:
+            return httpx.Response(503, json={"code": 20500, "message": "Service unavailable"})
+        raise httpx.ConnectError("refused", request=request)
+
+    with pytest.raises(TwilioUnsure, match="may hold the message"):
+        await client_with(handler).create_message(MSG)
+    assert len(created) == 1
+    assert lookups == 4  # one before each of the three tries left, one at the end
+
+
+async def test_a_lookup_that_fails_once_is_asked_again_before_anything_is_sent() -> None:
+    created: list[dict[str, Any]] = []
+    lookups = 0
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal lookups
+        if request.method == "GET":
+            lookups += 1
+            if lookups == 1:
+                return httpx.Response(500)
             return httpx.Response(200, json={"messages": created, "next_page_uri": None})
         created.append(resource())
         raise httpx.ReadTimeout("lost answer", request=request)

@@ -535,6 +535,34 @@ def test_a_dial_interrupted_by_a_crash_is_looked_up_not_repeated(tmp_path: Path,
     assert len(fake.posts("/Participants.json")) == 1  # found by its label, not dialled again
 
 
+def test_a_dial_whose_answer_is_lost_is_looked_up_not_called_failed(tmp_path: Path, fake: FakeTwilio) -> None:
+    """Twilio dials the agent's phone but its answer never comes back: the leg is not called failed (the caller
+    is not put back in the queue while the agent's phone rings into the call); the bridge asks Twilio, which
+    has the participant, and the leg goes on from there."""
+    settings = voice_settings(tmp_path)
+    tokens = agents(settings, {"ana": ANA_PHONE})
+    config = QueueConfig((Queue("support", catch_all=True, wait_music=""),))
+
+    def answer_lost(request: httpx.Request) -> httpx.Response:
+        response = fake(request)
+        if request.method == "POST" and request.url.path.endswith("/Participants.json"):
+            raise httpx.ReadTimeout("the answer was lost", request=request)
+        return response
+
+    with TestClient(
+        create_app(settings, http=httpx.AsyncClient(transport=httpx.MockTransport(answer_lost)), queues=config),
+        base_url=BASE,
+    ) as client:
+        post(client, VOICE, call_params())
+        with console(client, tokens["ana"]) as ws:
+            command(ws, "a-1", protocol.ACCEPT_CALL, {"call_sid": CALL})
+        _until(lambda: [r for r in fake.requests if r[0] == "GET" and "/Participants/" in r[1]])
+        _until(lambda: _query(settings, "SELECT leg_sid FROM call_legs") == [(AGENT_LEG,)])
+        assert _query(settings, "SELECT status FROM call_legs") == [("dialing",)]
+        assert _query(settings, "SELECT state FROM calls") != [("queued",)]
+    assert len(fake.posts("/Participants.json")) == 1
+
+
 def _until(check: Any, timeout: float = 5.0) -> Any:
     import time
 
