@@ -25,7 +25,7 @@ from bridge.hub import Hub
 from bridge.queues import QueueConfig, load_config
 from bridge.settings import Settings
 from bridge.state import Bridge, bridge_of
-from bridge.store import SqliteStore, revoked_agents
+from bridge.store import SqliteStore, active_token_hashes
 from bridge.stream import stream_endpoint
 from bridge.twilio_rest import TwilioRest
 from bridge.webhooks import FastWebhooks, sms_status_webhook, sms_webhook
@@ -42,20 +42,18 @@ async def healthz(request: Request) -> Response:
 
 
 async def _watch_revocations(bridge: Bridge) -> None:
-    """Close the streams of agents revoked from the CLI (which writes to the same database)."""
-    known: set[str] = await bridge.store.read(revoked_agents)
+    """Close the streams of agents revoked from the CLI (which writes to the same database). Each tick compares
+    every open stream's token with the tokens active now, not the revoked names with the last tick's: an agent
+    revoked and added again between two ticks has a new token, and a stream let in just before a revocation may
+    join the hub just after the tick that saw it."""
     while True:
         await asyncio.sleep(bridge.settings.revocation_poll)
         try:
-            revoked = await bridge.store.read(revoked_agents)
+            active = await bridge.store.read(active_token_hashes)
         except Exception:  # a locked or busy database is retried on the next tick
-            log.exception("could not read revoked agents")
+            log.exception("could not read the agents' tokens")
             continue
-        newly = revoked - known
-        known = revoked
-        if newly:
-            bridge.hub.disconnect_agents(newly, protocol.CLOSE_UNAUTHORIZED, "agent token revoked")
-        # An agent revoked and re-added gets a new token; streams opened with the old one are already closed.
+        bridge.hub.disconnect_tokens_except(active, protocol.CLOSE_UNAUTHORIZED, "agent token revoked")
 
 
 def _presence_changed(voice: Handoff, agent: str, online: bool) -> None:

@@ -18,6 +18,8 @@ class Subscriber:
 
     agent: str
     queue: asyncio.Queue[Item]
+    token_hash: str = ""
+    """The hash of the token it was let in with: once that token is no longer an active agent's, it is closed."""
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     close_code: int | None = None
     close_reason: str = ""
@@ -52,9 +54,9 @@ class Hub:
         self.presence_listeners: list[Callable[[str, bool], None]] = []
         """Called with (agent, True) when an agent's first console connects, (agent, False) when its last leaves."""
 
-    def connect(self, agent: str) -> Subscriber:
+    def connect(self, agent: str, token_hash: str = "") -> Subscriber:
         """A new console: known from now on (so it can be revoked), but sent live events only once attached."""
-        sub = Subscriber(agent=agent, queue=asyncio.Queue(self.queue_size))
+        sub = Subscriber(agent=agent, queue=asyncio.Queue(self.queue_size), token_hash=token_hash)
         first = agent not in self.agents_online()
         self.subscribers.add(sub)
         if first:
@@ -96,6 +98,15 @@ class Hub:
         count = 0
         for sub in list(self.subscribers):
             if sub.agent in names:
+                sub.disconnect(code, reason)
+                count += 1
+        return count
+
+    def disconnect_tokens_except(self, active: set[str], code: int, reason: str) -> int:
+        """Close every console let in with a token whose hash is not in ``active`` (revoked, or replaced)."""
+        count = 0
+        for sub in list(self.subscribers):
+            if sub.token_hash and sub.token_hash not in active:
                 sub.disconnect(code, reason)
                 count += 1
         return count

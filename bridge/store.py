@@ -800,5 +800,6 @@ def agent_for_token(conn: sqlite3.Connection, token: str) -> str | None:
     return None if row is None else str(row[0])
 
 
-def revoked_agents(conn: sqlite3.Connection) -> set[str]:
-    return {str(r[0]) for r in conn.execute("SELECT name FROM agents WHERE revoked_at IS NOT NULL")}
+def active_token_hashes(conn: sqlite3.Connection) -> set[str]:
+    """The hashes of the tokens that let an agent in now."""
+    return {str(r[0]) for r in conn.execute("SELECT token_hash FROM agents WHERE revoked_at IS NULL")}

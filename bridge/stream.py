@@ -19,7 +19,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from bridge import protocol
 from bridge.hub import Subscriber
 from bridge.state import Bridge, bridge_of
-from bridge.store import agent_for_token
+from bridge.store import agent_for_token, hash_token
 
 log = logging.getLogger("switchboard.bridge.stream")
 
@@ -77,7 +77,7 @@ async def stream_endpoint(websocket: WebSocket) -> None:
         )
         return
     await websocket.accept()
-    sub = bridge.hub.connect(agent)
+    sub = bridge.hub.connect(agent, hash_token(token))
     log.info("%s connected, resuming after %d", agent, after)
     sender = asyncio.create_task(_send_loop(bridge, websocket, sub, after, batched), name=f"stream-send {agent}")
     receiver = asyncio.create_task(_receive_loop(bridge, websocket, sub), name=f"stream-recv {agent}")

@@ -107,6 +107,26 @@ def test_revoked_agent_is_disconnected(client: TestClient, settings: Settings, a
             pass  # pragma: no cover
 
 
+@pytest.mark.timeout(30)
+def test_a_replaced_token_closes_the_streams_opened_with_the_old_one(
+    client: TestClient, settings: Settings, agent_token: str
+) -> None:
+    """Revoked and added again before the bridge looked (the way to give an agent a new token): the stream on
+    the old token is closed all the same, and the new token lets the agent in."""
+    with client.websocket_connect("/v1/stream", headers=auth(agent_token)) as ws:
+        ws.receive_json()
+        db = open_database(settings.db_path)
+        with db.conn:  # one transaction: no poll can fall between the two
+            assert revoke_agent(db, "ana")
+            fresh = add_agent(db, "ana")
+        db.close()
+        with pytest.raises(WebSocketDisconnect) as closed:
+            ws.receive_json()
+        assert closed.value.code == protocol.CLOSE_UNAUTHORIZED
+    with client.websocket_connect("/v1/stream", headers=auth(fresh)) as ws:
+        assert ws.receive_json()["type"] == "caught_up"
+
+
 def test_signals_reach_other_consoles_and_are_not_logged(
     client: TestClient, settings: Settings, agent_token: str
 ) -> None:
