@@ -276,7 +276,13 @@ class CommandRunner:
         sid = str(resource.get("sid", ""))
         status = str(resource.get("status") or "queued")
         result = protocol.Result(id=command_id, ok=True, data={**base, "message_sid": sid, "status": status})
-        await self.store.write(lambda tx: record_submitted(tx, agent, command_id, message_id, sid, status, result))
+        if not await self.store.write(
+            lambda tx: record_submitted(tx, agent, command_id, message_id, sid, status, result)
+        ):
+            # A lookup found a text another send of the same words had just claimed (two lost answers at once):
+            # look again, that SID now among the known ones; never post again before looking.
+            log.info("send %s for %s: %s is another reply's; looking again", command_id, agent, sid)
+            return await self._deliver(agent, command_id, message_id, draft, since=since)
         return result
 
     async def recover(self) -> int:

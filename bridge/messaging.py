@@ -472,13 +472,19 @@ def _finish_command(tx: Tx, agent: str, command_id: str, result: protocol.Result
     )
 
 
+_REPLY_BY_SID = "SELECT id FROM messages WHERE sid = ? AND direction = 'outbound' AND id != ?"
+
+
 def record_submitted(
     tx: Tx, agent: str, command_id: str, message_id: str, sid: str, status: str, result: protocol.Result
-) -> None:
-    """Twilio accepted the reply: keep its SID, then apply any status callback that raced ahead of us."""
+) -> bool:
+    """Twilio accepted the reply: keep its SID, then apply any status callback that raced ahead of us. False (and
+    nothing written) when another reply holds that SID already: a lookup took the same text for two sends."""
     row = tx.one("SELECT id, conversation_id, status FROM messages WHERE id = ?", (message_id,))
     if row is None:
         raise LookupError(f"no message {message_id}")
+    if tx.one(_REPLY_BY_SID, (sid, message_id)) is not None:
+        return False
     # Twilio's answer replaces the bridge's own "sending" placeholder whatever its rank.
     effective = status if status in STATUS_RANK else "queued"
     tx.execute(
@@ -511,6 +517,7 @@ def record_submitted(
             _opt_out_after_error(tx, str(row["conversation_id"]))
     tx.execute("DELETE FROM early_statuses WHERE sid = ?", (sid,))
     _finish_command(tx, agent, command_id, result)
+    return True
 
 
 def record_rejected(

@@ -552,6 +552,21 @@ async def test_a_send_twilio_may_hold_is_asked_about_until_it_answers_never_sent
         assert world.db("SELECT sid FROM messages WHERE id = ?", (result["data"]["message_id"],)) == [(sent["sid"],)]
 
 
+async def test_two_identical_replies_whose_answers_are_lost_each_find_their_own_text(tmp_path: Path) -> None:
+    """Two agents answer one customer with the same words at once, and Twilio's answers to both are lost: each
+    send finds a text of its own, not both the newest one (which left one send without its SID)."""
+    async with loopback(tmp_path) as world, world.console() as agent:
+        cid = await conversation_with(world, agent, "Are you open today?")
+        world.gate.lose_next = 2
+        marks = [await agent.send(f"open-{n}", {"conversation_id": cid, "body": "Yes, until 6pm."}) for n in (1, 2)]
+        results = [await agent.result(f"open-{n}", mark) for n, mark in zip((1, 2), marks, strict=True)]
+        assert all(r["ok"] for r in results), results
+        sent = await world.sent_to(CUSTOMER)
+        assert len(sent) == 2
+        assert sorted(r["data"]["message_sid"] for r in results) == sorted(m["sid"] for m in sent)
+        assert world.gate.posts == 2
+
+
 async def test_an_opted_out_customer_is_refused_and_nothing_reaches_twilio(tmp_path: Path) -> None:
     async with loopback(tmp_path) as world, world.console() as agent:
         cid = await conversation_with(world, agent, "stop")  # any case: Twilio's keywords are the whole body
