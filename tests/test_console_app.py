@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import re
 import time
@@ -13,10 +14,12 @@ from typing import Any
 
 import pytest
 from rich.text import Text
+from textual import events
 from textual.binding import Binding
 from textual.pilot import Pilot
 from textual.strip import Strip
 
+from bridge import protocol
 from console.app import SwitchboardApp
 from console.cache import Cache, InboxFilter
 from console.config import ConsoleConfig
@@ -27,7 +30,7 @@ from console.widgets.composer import Composer, counter_text
 from console.widgets.conversation_list import ConversationList
 from console.widgets.status_line import StatusLine
 from console.widgets.thread_view import REST_ROWS, ThreadView
-from tests.console_support import NOW, EventLog, FakeLink, customer, demo_events, fill, frozen_clock
+from tests.console_support import NOW, EventLog, FakeLink, customer, demo_events, fill, frozen_clock, iso
 
 SIZE = (120, 36)
 
@@ -657,3 +660,99 @@ async def test_moving_the_inbox_cursor_redraws_only_the_two_rows_it_left_and_rea
         await settle(pilot)
         assert inbox.cursor == before + 1
         assert sorted(set(drawn)) == [before * inbox.per_row + k for k in range(2 * inbox.per_row)]
+
+
+# -- what the composer holds belongs where it was written ------------------------------------------------------
+
+
+async def _open_third(pilot: Pilot[Any], app: SwitchboardApp, *, reply: bool = True) -> str:
+    """The inbox's third conversation open (and the reply box focused, with ``reply``)."""
+    await pilot.press("down", "down", "down", *(["enter"] if reply else []))
+    await settle(pilot)
+    row = app.main.current
+    assert row is not None
+    return row.id
+
+
+async def test_a_note_put_aside_never_goes_out_as_a_text(cache: Cache) -> None:
+    """Escape from a note half written, open the conversation again, press enter: no text goes to the customer;
+    the note is still there when the agent goes back to writing notes."""
+    async with linked(cache) as (app, pilot, link):
+        await _open_third(pilot, app, reply=False)
+        await pilot.press("m", *"customer is rude, refund denied")
+        await pilot.press("escape", "enter")
+        await settle(pilot)
+        assert not app.main.composer.note_mode
+        await pilot.press("enter")
+        await settle(pilot)
+        assert link.sent == []
+        await pilot.press("escape", "m")
+        await settle(pilot)
+        assert app.main.composer.text == "customer is rude, refund denied"
+
+
+async def test_a_draft_stays_with_its_conversation(cache: Cache) -> None:
+    """A draft goes with the conversation it was written for: moving to another leaves an empty box there and
+    the draft comes back on return; sent, it goes to its own customer."""
+    async with linked(cache) as (app, pilot, link):
+        first = await _open_third(pilot, app)
+        await pilot.press(*"Your refund is approved", "escape", "down")
+        await settle(pilot)
+        second = app.main.current
+        assert second is not None and second.id != first
+        assert app.main.composer.text == ""
+        await pilot.press("up", "enter")
+        await settle(pilot)
+        assert app.main.composer.text == "Your refund is approved"
+        await pilot.press("enter")
+        await settle(pilot)
+        assert [(c.command, c.args) for c in link.sent] == [
+            ("send_sms", {"conversation_id": first, "body": "Your refund is approved"})
+        ]
+        assert app.main.composer.text == ""
+
+
+async def test_a_conversation_leaving_the_inbox_does_not_take_the_reply_elsewhere(cache: Cache) -> None:
+    """A colleague resolves the conversation an agent is answering: it leaves the open-only inbox and another row
+    comes under the cursor, but the reply (and the thread) stay where the agent is writing."""
+    async with linked(cache) as (app, pilot, link):
+        first = await _open_third(pilot, app)
+        await pilot.press(*"Your refund is approved")
+        at = cache.cursor()
+        resolved = {"conversation_id": first, "status": "resolved", "agent": "bob"}
+        link.deliver([protocol.Event(at + 1, protocol.CONVERSATION_STATUS, iso(NOW), resolved)])
+        await settle(pilot)
+        assert app.main.inbox.highlighted_id != first
+        row = app.main.current
+        assert row is not None and row.id == first
+        await pilot.press("enter")
+        await settle(pilot)
+        assert [(c.command, c.args["conversation_id"]) for c in link.sent] == [("send_sms", first)]
+
+
+async def test_enter_pressed_again_while_a_reply_is_queued_sends_it_once_and_keeps_what_was_typed_since(
+    cache: Cache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Queueing a reply can wait (the cache busy with a catch-up): a second enter meanwhile does not queue it
+    again, and what the agent typed meanwhile stays in the box."""
+    async with linked(cache) as (app, pilot, link):
+        await _open_third(pilot, app)
+        queued = FakeLink.command
+        release = asyncio.Event()
+
+        async def slow_command(self: FakeLink, name: str, args: dict[str, Any], cid: str | None = None) -> str:
+            await release.wait()
+            return await queued(self, name, args, cid)
+
+        monkeypatch.setattr(FakeLink, "command", slow_command)
+        area = app.main.composer.area
+        await pilot.press(*"On its way")
+        area.post_message(events.Key("enter", "\r"))  # as the terminal delivers keys: not waiting for each
+        await asyncio.sleep(0.2)
+        area.post_message(events.Key("enter", "\r"))
+        area.insert(" Also, your refund is approved.")
+        await asyncio.sleep(0.2)
+        release.set()
+        await settle(pilot)
+        assert [c.args["body"] for c in link.sent] == ["On its way"]
+        assert app.main.composer.text == " Also, your refund is approved."

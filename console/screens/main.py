@@ -287,6 +287,8 @@ class MainScreen(CallControls, Screen[None]):
 
     @on(ConversationList.Highlighted)
     def _highlighted(self, event: ConversationList.Highlighted) -> None:
+        if event.by_reload and self.composer.area.has_focus and self.composer.text.strip():
+            return  # the agent is writing: the conversation stays put under the reply, whatever the inbox did
         if self._opening != event.conversation_id:
             self.open_conversation(event.conversation_id)
 
@@ -328,6 +330,7 @@ class MainScreen(CallControls, Screen[None]):
             return  # the agent moved on while this was read: a later one is coming
         previous = self.current
         self.header.conversation = row
+        self.composer.show_conversation(None if row is None else row.id)
         self.header.me = self.thread.me = self.console_app.agent or ""
         self.composer.opted_out = bool(row and row.opted_out)
         self._show_presence()
@@ -549,45 +552,67 @@ class MainScreen(CallControls, Screen[None]):
 
     def on_text_area_changed(self, event: ReplyArea.Changed) -> None:
         row = self.current
-        if row is not None and event.text_area.text:
+        text = event.text_area.text
+        if row is not None and text and text != self.composer.restored:  # typed, not a draft brought back
             self.console_app.send_signal(row.id, "typing", throttle=True)
 
     async def on_composer_sent(self, event: Composer.Sent) -> None:
+        handed_over = False
+        try:
+            handed_over = await self._composed(event)
+        finally:
+            if not handed_over:
+                self.composer.sending = False
+
+    async def _composed(self, event: Composer.Sent) -> bool:
+        """Send what the composer sent; True when a question to the agent took the send over (and will let the
+        composer send again once answered)."""
         row = self.current
         if row is None:
             self.notify("Open a conversation first (enter in the inbox).", severity="warning")
-            return
+            return False
+        if row.id != event.conversation_id:
+            self.notify("That draft was written in another conversation; it is kept there. Nothing was sent.")
+            return False
         if event.note:
             sent = await self.console_app.run_command(
                 "add_note", {"conversation_id": row.id, "body": event.text}, row.id
             )
             if sent is None:
-                return  # nothing queued: the draft stays
-            self.composer.clear()
-            self.composer.note_mode = False
+                return False  # nothing queued: the draft stays
+            self.composer.sent(row.id, True, event.text)
+            if self.composer.conversation_id == row.id and not self.composer.text.strip():
+                self.composer.note_mode = False  # back to replying
             self.thread.refresh_thread()
-            return
+            return False
         if row.opted_out:
             self.notify("This customer opted out (STOP). Texts are blocked until they text START.", severity="error")
-            return
+            return False
         me = self.console_app.agent
         if row.assignee is not None and me is not None and row.assignee != me:
             question = f"{row.assignee} has claimed this conversation. Send your reply anyway?"
             self.app.push_screen(Confirm(question), lambda yes: self._send_confirmed(yes, row, event.text))
-            return
+            return True
         await self._send(row, event.text)
+        return False
 
     def _send_confirmed(self, yes: bool | None, row: ConversationRow, text: str) -> None:
         if yes:
-            self.run_worker(self._send(row, text), group="send")
+            self.run_worker(self._send(row, text, release=True), group="send")
+        else:
+            self.composer.sending = False
 
-    async def _send(self, row: ConversationRow, text: str) -> None:
-        sent = await self.console_app.run_command("send_sms", {"conversation_id": row.id, "body": text}, row.id)
-        if sent is None:
-            return  # nothing queued: the draft stays
-        self.composer.clear()
-        self.console_app.send_signal(row.id, "idle")
-        self.thread.refresh_thread()
+    async def _send(self, row: ConversationRow, text: str, release: bool = False) -> None:
+        try:
+            sent = await self.console_app.run_command("send_sms", {"conversation_id": row.id, "body": text}, row.id)
+            if sent is None:
+                return  # nothing queued: the draft stays
+            self.composer.sent(row.id, False, text)
+            self.console_app.send_signal(row.id, "idle")
+            self.thread.refresh_thread()
+        finally:
+            if release:
+                self.composer.sending = False
 
     # -- actions ---------------------------------------------------------------------------------------------
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from textual import events
 from textual.app import ComposeResult
@@ -10,6 +11,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.reactive import reactive
+from textual.widget import Widget
 from textual.widgets import Static, TextArea
 
 from bridge.segments import analyze
@@ -57,6 +59,11 @@ class ReplyArea(TextArea):
 class Composer(Vertical):
     """Where replies and notes are written.
 
+    What is written belongs to the conversation it was written for, and to its mode: each (conversation, reply or
+    note) keeps its own draft. Opening another conversation, or switching between reply and note, puts the text
+    aside and brings back the one kept there, so a note never becomes a text to the customer and a reply never
+    goes to another customer than the one it was written to.
+
     | Key | Action |
     | :- | :- |
     | `enter` | Send (a reply, or a note in note mode). |
@@ -90,6 +97,19 @@ class Composer(Vertical):
 
         text: str
         note: bool
+        conversation_id: str | None
+        """The conversation the text was written for."""
+
+    def __init__(self, *children: Widget, **options: Any) -> None:
+        super().__init__(*children, **options)
+        self.conversation_id: str | None = None
+        """The conversation whose draft is in the box."""
+        self._drafts: dict[tuple[str | None, bool], str] = {}
+        """Drafts put aside, by (conversation, note)."""
+        self.sending = False
+        """A send is being queued: the send key waits for it (a second press would queue the text again)."""
+        self.restored = ""
+        """The text last brought back from a draft (not typed now: no "typing" signal for it)."""
 
     def compose(self) -> ComposeResult:
         yield ReplyArea(id="composer-input", soft_wrap=True, show_line_numbers=False, tab_behavior="focus")
@@ -116,6 +136,48 @@ class Composer(Vertical):
     def clear(self) -> None:
         self.area.load_text("")
 
+    def show_conversation(self, conversation_id: str | None) -> None:
+        """Put what is written aside for the conversation it was written for; bring back ``conversation_id``'s."""
+        if conversation_id == self.conversation_id:
+            return
+        self._put_aside(self.conversation_id, self.note_mode)
+        self.conversation_id = conversation_id
+        self._bring_back(self.note_mode)
+
+    def _put_aside(self, conversation_id: str | None, note: bool) -> None:
+        text = self.text
+        if text.strip():
+            self._drafts[(conversation_id, note)] = text
+        else:
+            self._drafts.pop((conversation_id, note), None)
+
+    def _bring_back(self, note: bool) -> None:
+        text = self._drafts.pop((self.conversation_id, note), "")
+        self.restored = text
+        if text != self.text:
+            self.set_text(text)
+
+    def draft(self, conversation_id: str | None, note: bool = False) -> str:
+        """What is written for that conversation in that mode, in the box or put aside."""
+        if conversation_id == self.conversation_id and note == self.note_mode:
+            return self.text
+        return self._drafts.get((conversation_id, note), "")
+
+    def sent(self, conversation_id: str | None, note: bool, text: str) -> None:
+        """``text`` went into the outbox: take it out of that draft, keeping anything written after it meanwhile."""
+        if conversation_id == self.conversation_id and note == self.note_mode:
+            rest = self.text.removeprefix(text) if self.text.startswith(text) else self.text
+            if rest != self.text:
+                self.set_text(rest.lstrip("\n"))
+            return
+        kept = self._drafts.get((conversation_id, note))
+        if kept is not None and kept.startswith(text):
+            rest = kept.removeprefix(text).lstrip("\n")
+            if rest.strip():
+                self._drafts[(conversation_id, note)] = rest
+            else:
+                del self._drafts[(conversation_id, note)]
+
     def on_text_area_changed(self, event: TextArea.Changed) -> None:
         self._update_counter()
 
@@ -123,7 +185,10 @@ class Composer(Vertical):
         counter = self.query_one("#composer-counter", Static)
         counter.update("internal note · not sent to the customer" if self.note_mode else counter_text(self.text))
 
-    def watch_note_mode(self, note: bool) -> None:
+    def watch_note_mode(self, was_note: bool, note: bool) -> None:
+        if was_note != note and self.is_mounted:
+            self._put_aside(self.conversation_id, was_note)
+            self._bring_back(note)
         self.set_class(note, "-note")
         self.query_one("#composer-mode", Static).update("note" if note else "reply")
         self._update_counter()
@@ -133,5 +198,6 @@ class Composer(Vertical):
 
     def on_reply_area_submitted(self, event: ReplyArea.Submitted) -> None:
         event.stop()
-        if event.text.strip():
-            self.post_message(self.Sent(event.text, self.note_mode))
+        if event.text.strip() and not self.sending:
+            self.sending = True  # until the screen has queued it (or refused it)
+            self.post_message(self.Sent(event.text, self.note_mode, self.conversation_id))

@@ -96,6 +96,8 @@ class ConversationList(ScrollView, can_focus=True):
         """The cursor moved onto a conversation."""
 
         conversation_id: str
+        by_reload: bool = False
+        """Not the agent's doing: a reload put another row under the cursor (the one it was on left the list)."""
 
     class Reloaded(Message):
         """The rows a ``reload()`` asked for are in (and the list is no longer ``reloading``)."""
@@ -250,7 +252,7 @@ class ConversationList(ScrollView, can_focus=True):
         self.cursor = min(self.cursor, max(0, self.count - 1))
         self.refresh()
         if self.highlighted_id is not None and self.highlighted_id != previous:
-            self.post_message(self.Highlighted(self.highlighted_id))
+            self.post_message(self.Highlighted(self.highlighted_id, by_reload=True))
         if self._reload_since is not None:
             self._reload_since = None
             self.post_message(self.Reloaded())
