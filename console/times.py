@@ -35,6 +35,24 @@ def short(iso: str, now: datetime, tz: tzinfo | None) -> str:
     return local.strftime("%Y-%m-%d")
 
 
+def ahead(iso: str, now: datetime, tz: tzinfo | None) -> str:
+    """A time to come, in the agent's zone: "14:00", "tomorrow 09:00", "Fri 09:00", "Dec 24 09:00"."""
+    when = parse(iso)
+    if when is None:
+        return ""
+    local, today = when.astimezone(tz), now.astimezone(tz).date()
+    days = (local.date() - today).days
+    if days == 0:
+        return local.strftime("%H:%M")
+    if days == 1:
+        return local.strftime("tomorrow %H:%M")
+    if 1 < days < 7:
+        return local.strftime("%a %H:%M")
+    if local.year == today.year:
+        return f"{local:%b} {local.day} {local:%H:%M}"
+    return local.strftime("%Y-%m-%d %H:%M")
+
+
 def day(iso: str, now: datetime, tz: tzinfo | None) -> str:
     """The label of a thread's day separator: "Today", "Yesterday", "Monday 23 November 2026"."""
     when = parse(iso)

@@ -8,7 +8,7 @@ import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -756,3 +756,19 @@ async def test_enter_pressed_again_while_a_reply_is_queued_sends_it_once_and_kee
         await settle(pilot)
         assert [c.args["body"] for c in link.sent] == ["On its way"]
         assert app.main.composer.text == " Also, your refund is approved."
+
+
+def test_a_snooze_shows_when_it_ends_in_the_agents_time_zone() -> None:
+    """Snoozes are kept in UTC; the header says when they end where the agent is (it said the UTC time)."""
+    from zoneinfo import ZoneInfo
+
+    from console.times import ahead
+
+    new_york = ZoneInfo("America/New_York")
+    now = datetime(2026, 11, 24, 15, 30, tzinfo=UTC)  # 10:30 in New York
+    assert ahead("2026-11-24T20:00:00Z", now, new_york) == "15:00"
+    assert ahead("2026-11-25T14:00:00Z", now, new_york) == "tomorrow 09:00"
+    assert ahead("2026-11-27T14:00:00Z", now, new_york) == "Fri 09:00"
+    assert ahead("2026-12-24T14:00:00Z", now, new_york) == "Dec 24 09:00"
+    assert ahead("2027-01-04T14:00:00Z", now, new_york) == "2027-01-04 09:00"
+    assert ahead("not a time", now, new_york) == ""

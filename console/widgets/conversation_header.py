@@ -9,6 +9,7 @@ from textual.widget import Widget
 from console.cache import ConversationRow
 from console.phones import display_number
 from console.text import one_line
+from console.times import ahead, system_clock
 
 
 class ConversationHeader(Widget):
@@ -47,7 +48,9 @@ class ConversationHeader(Widget):
         title.append(f"  → {display_number(row.twilio_number, self.phone_region)}", "dim")
         title.append(f"  [{row.status}", "bold")
         if row.status == "snoozed" and row.snoozed_until:
-            title.append(f" until {row.snoozed_until[:16].replace('T', ' ')}", "bold")
+            app = self.app
+            clock, tz = getattr(app, "clock", system_clock), getattr(app, "tz", None)
+            title.append(f" until {ahead(row.snoozed_until, clock(), tz)}", "bold")
         title.append("]", "bold")
         if row.assignee is None:
             title.append("  unassigned", "dim")
