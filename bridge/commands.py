@@ -32,7 +32,7 @@ from bridge.types import E164, ConversationId, conversation_id
 
 log = logging.getLogger("switchboard.bridge.commands")
 
-MAX_BODY = 1600
+MAX_BODY = protocol.MAX_SMS_CHARS
 UNSURE_RETRY_MAX = 60.0
 """Longest wait, in seconds, between asks about a send Twilio may or may not hold (see ``_deliver``)."""
 MAX_MEDIA = 10

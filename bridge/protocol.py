@@ -264,6 +264,8 @@ VOICE_COMMANDS: Final = frozenset(
 COMMANDS: Final = frozenset({SEND_SMS, ASSIGN, CLAIM, SET_STATUS, ADD_NOTE, LIST_AGENTS}) | VOICE_COMMANDS
 
 MAX_NOTE_CHARS: Final = 4000
+MAX_SMS_CHARS: Final = 1600
+"""The longest text body Twilio takes (send_sms's ``body``)."""
 MAX_SNOOZE_DAYS: Final = 90
 
 # Close codes.

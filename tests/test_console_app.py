@@ -772,3 +772,19 @@ def test_a_snooze_shows_when_it_ends_in_the_agents_time_zone() -> None:
     assert ahead("2026-12-24T14:00:00Z", now, new_york) == "Dec 24 09:00"
     assert ahead("2027-01-04T14:00:00Z", now, new_york) == "2027-01-04 09:00"
     assert ahead("not a time", now, new_york) == ""
+
+
+async def test_a_reply_too_long_for_twilio_is_not_sent_and_stays_in_the_box(cache: Cache) -> None:
+    """The counter says a reply is over Twilio's 1,600 characters before it is sent; enter then keeps it, and
+    says why (it used to go to the outbox, be refused by the bridge, and stay as a failure in the thread)."""
+    async with linked(cache) as (app, pilot, link):
+        await _open_third(pilot, app)
+        composer = app.main.composer
+        composer.set_text("x" * 1700)
+        await settle(pilot)
+        assert str(app.query_one("#composer-counter").render()) == "1700/1600 characters · too long to send"
+        await pilot.press("enter")
+        await settle(pilot)
+        assert link.sent == []
+        assert composer.text == "x" * 1700
+        assert any("1700 characters" in str(n.message) for n in app._notifications)

@@ -22,6 +22,7 @@ from textual.screen import Screen
 from textual.timer import Timer
 
 from bridge import protocol
+from bridge.protocol import MAX_NOTE_CHARS, MAX_SMS_CHARS
 from console import messages
 from console.cache import OWNERS, STATUSES, ConversationRow, InboxFilter
 from console.phones import display_number
@@ -573,6 +574,13 @@ class MainScreen(CallControls, Screen[None]):
             return False
         if row.id != event.conversation_id:
             self.notify("That draft was written in another conversation; it is kept there. Nothing was sent.")
+            return False
+        limit, what = (MAX_NOTE_CHARS, "note") if event.note else (MAX_SMS_CHARS, "reply")
+        if len(event.text) > limit:
+            self.notify(
+                f"The {what} is {len(event.text)} characters; at most {limit} go in one. Shorten it: nothing was sent.",
+                severity="error",
+            )
             return False
         if event.note:
             sent = await self.console_app.run_command(

@@ -14,11 +14,15 @@ from textual.reactive import reactive
 from textual.widget import Widget
 from textual.widgets import Static, TextArea
 
+from bridge.protocol import MAX_NOTE_CHARS, MAX_SMS_CHARS
 from bridge.segments import analyze
 
 
 def counter_text(body: str) -> str:
-    """ "142/160 · GSM-7 · 1 segment", or "UCS-2 · 2 segments · 61 left" once a body is split."""
+    """ "142/160 · GSM-7 · 1 segment", or "UCS-2 · 2 segments · 61 left" once a body is split; past what Twilio
+    takes, how far past."""
+    if len(body) > MAX_SMS_CHARS:
+        return f"{len(body)}/{MAX_SMS_CHARS} characters · too long to send"
     info = analyze(body)
     if info.segments == 1:
         return f"{info.units}/{info.per_segment} · {info.encoding} · 1 segment"
@@ -183,7 +187,12 @@ class Composer(Vertical):
 
     def _update_counter(self) -> None:
         counter = self.query_one("#composer-counter", Static)
-        counter.update("internal note · not sent to the customer" if self.note_mode else counter_text(self.text))
+        if not self.note_mode:
+            counter.update(counter_text(self.text))
+        elif len(self.text) > MAX_NOTE_CHARS:
+            counter.update(f"{len(self.text)}/{MAX_NOTE_CHARS} characters · too long for a note")
+        else:
+            counter.update("internal note · not sent to the customer")
 
     def watch_note_mode(self, was_note: bool, note: bool) -> None:
         if was_note != note and self.is_mounted:
