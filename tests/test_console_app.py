@@ -788,3 +788,30 @@ async def test_a_reply_too_long_for_twilio_is_not_sent_and_stays_in_the_box(cach
         assert link.sent == []
         assert composer.text == "x" * 1700
         assert any("1700 characters" in str(n.message) for n in app._notifications)
+
+
+async def test_another_agent_who_stops_saying_so_is_no_longer_shown_typing_or_here(
+    cache: Cache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A colleague's console that quit or lost its link sends no "idle": "typing…" fades to "viewing" after
+    TYPING_FOR seconds without a word, and "viewing" goes after three VIEWING_EVERY; losing our own link forgets
+    everyone at once (it used to say "bob is typing…" forever)."""
+    clock = [1000.0]
+    monkeypatch.setattr(main_screen, "_now", lambda: clock[0])
+    async with linked(cache) as (app, pilot, link):
+        cid = await _open_third(pilot, app, reply=False)
+        app.link_signal(protocol.Signal(cid, "typing", agent="bob"))
+        await settle(pilot)
+        assert app.main.header.presence == "bob is typing…"
+        clock[0] += main_screen.TYPING_FOR + 1
+        app.main._forget_quiet_agents()
+        assert app.main.header.presence == "bob is viewing"
+        clock[0] += 3 * main_screen.VIEWING_EVERY
+        app.main._forget_quiet_agents()
+        assert app.main.header.presence == ""
+        app.link_signal(protocol.Signal(cid, "viewing", agent="bob"))
+        await settle(pilot)
+        assert app.main.header.presence == "bob is viewing"
+        link.go_offline()
+        await settle(pilot)
+        assert app.main.header.presence == ""

@@ -128,6 +128,19 @@ def snooze_until(choice: str, now: datetime, tz: tzinfo | None = None) -> dateti
     return at.astimezone(UTC) if at > local else None
 
 
+
+VIEWING_EVERY = 30.0
+"""Seconds between the "viewing" signals a console sends while a conversation stays open; the others forget an agent
+not heard from in three of them (a console that quit, or lost its link, says nothing more)."""
+TYPING_FOR = 10.0
+"""Seconds "typing…" shows after the last typing signal (a console sends one every 3 s while its agent types)."""
+
+
+def _now() -> float:
+    """The clock the others' presence is timed by (a test moves it)."""
+    return time.monotonic()
+
+
 class MainScreen(CallControls, Screen[None]):
     """Calls panel, inbox, thread and composer.
 
@@ -190,7 +203,8 @@ class MainScreen(CallControls, Screen[None]):
         self._quiet_until = 0.0
         self._texts_unsaid = 0
         self._touched: set[str] = set()
-        self._presence: dict[str, dict[str, str]] = {}
+        self._presence: dict[str, dict[str, tuple[str, float]]] = {}
+        """Other agents here, by conversation: agent → (viewing or typing, when it was last said: monotonic)."""
         self._opening: str | None = None
         self._read_later: dict[str, int] = {}
         """Conversations opened while catching up, with the unread count each showed: marked read once caught up
@@ -232,6 +246,8 @@ class MainScreen(CallControls, Screen[None]):
         self.query_one(ConversationList).focus()
         self._refresh_status()
         self.calls.reload(self.console_app.agent)
+        self.set_interval(1.0, self._forget_quiet_agents)
+        self.set_interval(VIEWING_EVERY, self._still_viewing)
 
     # -- shortcuts -------------------------------------------------------------------------------------------
 
@@ -513,6 +529,9 @@ class MainScreen(CallControls, Screen[None]):
     def on_link_changed(self, message: messages.LinkChanged) -> None:
         status = self.query_one(StatusLine)
         changed = status.state != message.state
+        if changed and message.state in ("offline", "connecting", "reconnecting") and self._presence:
+            self._presence.clear()  # no word of the others comes while the link is down: say nothing of them
+            self._show_presence()
         status.state, status.detail = message.state, message.text
         status.agent = self.console_app.agent or ""
         self.header.me = self.thread.me = self.console_app.agent or ""
@@ -528,14 +547,35 @@ class MainScreen(CallControls, Screen[None]):
         if message.signal == "idle":
             here.pop(message.agent, None)
         else:
-            here[message.agent] = message.signal
+            here[message.agent] = (message.signal, _now())
         self._show_presence()
+
+    def _forget_quiet_agents(self) -> None:
+        """An agent whose console stopped saying it is here (it quit, or lost its link) is not shown as here: typing
+        for TYPING_FOR seconds after the last word of it, viewing for three of VIEWING_EVERY."""
+        now, forgot = _now(), False
+        for here in self._presence.values():
+            for agent, (what, said) in list(here.items()):
+                if what == "typing" and now - said > TYPING_FOR:
+                    here[agent] = ("viewing", said)
+                    forgot = True
+                elif now - said > 3 * VIEWING_EVERY:
+                    del here[agent]
+                    forgot = True
+        if forgot:
+            self._show_presence()
+
+    def _still_viewing(self) -> None:
+        row = self.current
+        if row is not None:
+            self.console_app.send_signal(row.id, "viewing")
 
     def _show_presence(self) -> None:
         row = self.current
         others = self._presence.get(row.id, {}) if row else {}
         parts = [
-            f"{one_line(agent)} is {'typing…' if what == 'typing' else 'viewing'}" for agent, what in others.items()
+            f"{one_line(agent)} is {'typing…' if what == 'typing' else 'viewing'}"
+            for agent, (what, _said) in others.items()
         ]
         self.header.presence = " · ".join(parts)
 
