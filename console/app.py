@@ -224,6 +224,12 @@ class SwitchboardApp(App[None]):
         finally:
             self._waiting.pop(command_id, None)
 
+    def why_no_answer(self) -> str:
+        """Why ``ask`` came back with nothing, as the end of a sentence."""
+        if self.link is None or self.link.status.state != LinkState.CONNECTED:
+            return "it is not connected."
+        return "it did not answer within 5 s. Try again in a moment."
+
     async def list_agents(self) -> list[str] | None:
         """The team's active agents, asked of the bridge now (None when it is not reachable)."""
         result = await self.ask(protocol.LIST_AGENTS)

@@ -815,3 +815,25 @@ async def test_another_agent_who_stops_saying_so_is_no_longer_shown_typing_or_he
         link.go_offline()
         await settle(pilot)
         assert app.main.header.presence == ""
+
+
+async def test_the_keys_go_on_while_the_bridge_is_asked_who_to_assign_to(
+    cache: Cache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Assigning asks the bridge for its agents (up to 5 s when the link has gone quiet): the inbox keeps moving
+    meanwhile, and no answer is said as such, not as "not connected"."""
+    answered = asyncio.Event()
+
+    async def no_answer(self: SwitchboardApp, command: str, args: dict[str, Any] | None = None) -> None:
+        await answered.wait()
+
+    monkeypatch.setattr(SwitchboardApp, "ask", no_answer)
+    async with linked(cache, notifications=True) as (app, pilot, _link):
+        await _open_third(pilot, app, reply=False)
+        before = app.main.inbox.cursor
+        await pilot.press("a", "down")
+        await pilot.pause(0.2)  # (not settle: that waits for the question's worker)
+        assert app.main.inbox.cursor == before + 1  # not waiting behind the question
+        answered.set()
+        await settle(pilot)
+        assert any("did not answer" in str(n.message) for n in app._notifications)

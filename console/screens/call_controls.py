@@ -238,7 +238,11 @@ class CallControls:
 
         main.app.push_screen(dialog, saved)
 
-    async def action_transfer_call(self) -> None:
+    def action_transfer_call(self) -> None:
+        # In a worker: the keys go on working while the bridge is asked (up to 5 s on a link that went quiet).
+        self._main.run_worker(self._transfer_call(), group="ask", exclusive=True)
+
+    async def _transfer_call(self) -> None:
         main = self._main
         mine = main.calls.mine
         if mine is None:
@@ -246,7 +250,7 @@ class CallControls:
         app = main.console_app
         agents, queues = await asyncio.gather(app.ask(protocol.LIST_AGENTS), app.ask(protocol.LIST_QUEUES))
         if agents is None:
-            main.notify("Transferring needs the bridge: it is not connected.", severity="warning", markup=False)
+            main.notify(f"Transferring needs the bridge: {app.why_no_answer()}", severity="warning", markup=False)
             return
         choices: list[Choice] = []
         for agent in agents.data.get("agents", []):

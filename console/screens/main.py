@@ -754,10 +754,14 @@ class MainScreen(CallControls, Screen[None]):
         stamp = until.strftime("%Y-%m-%dT%H:%M:%SZ")
         self.run_worker(self._conversation_command("set_status", status="snoozed", until=stamp), group="snooze")
 
-    async def action_assign(self) -> None:
+    def action_assign(self) -> None:
+        # In a worker: the keys go on working while the bridge is asked (up to 5 s on a link that went quiet).
+        self.run_worker(self._assign(), group="ask", exclusive=True)
+
+    async def _assign(self) -> None:
         agents = await self.console_app.list_agents()
         if agents is None:
-            self.notify("Assigning needs the bridge: it is not connected.", severity="warning")
+            self.notify(f"Assigning needs the bridge: {self.console_app.why_no_answer()}", severity="warning")
             return
         choices = [Choice(name, name) for name in agents] + [Choice("Unassign", "", "nobody")]
         self.app.push_screen(Picker("Assign to…", choices), self._assign_picked)
