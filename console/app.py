@@ -224,6 +224,18 @@ class SwitchboardApp(App[None]):
         finally:
             self._waiting.pop(command_id, None)
 
+    async def action_quit(self) -> None:
+        """Quit; drafts are not kept past the console, so with some written the agent is asked first."""
+        from console.screens.confirm import Confirm
+
+        drafts = self.main.composer.unsent() if self.main.is_mounted else 0
+        if not drafts or isinstance(self.screen, Confirm):
+            self.exit()
+            return
+        some = "a draft" if drafts == 1 else f"{drafts} drafts"
+        question = f"You have {some} not sent. Quit and lose {'it' if drafts == 1 else 'them'}?"
+        self.push_screen(Confirm(question), lambda yes: self.exit() if yes else None)
+
     def why_no_answer(self) -> str:
         """Why ``ask`` came back with nothing, as the end of a sentence."""
         if self.link is None or self.link.status.state != LinkState.CONNECTED:

@@ -837,3 +837,20 @@ async def test_the_keys_go_on_while_the_bridge_is_asked_who_to_assign_to(
         answered.set()
         await settle(pilot)
         assert any("did not answer" in str(n.message) for n in app._notifications)
+
+
+async def test_quitting_with_a_draft_written_asks_first(cache: Cache) -> None:
+    from console.screens.confirm import Confirm
+
+    async with linked(cache) as (app, pilot, _link):
+        await _open_third(pilot, app)
+        await pilot.press(*"Half a repl", "ctrl+q")
+        await settle(pilot)
+        assert isinstance(app.screen, Confirm)
+        assert "a draft not sent" in app.screen.question
+        await pilot.press("n")
+        await settle(pilot)
+        assert app.is_running and app.main.composer.text == "Half a repl"
+        await pilot.press("ctrl+q", "y")
+        await settle(pilot)
+        assert not app.is_running

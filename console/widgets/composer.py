@@ -161,6 +161,10 @@ class Composer(Vertical):
         if text != self.text:
             self.set_text(text)
 
+    def unsent(self) -> int:
+        """How many drafts hold words (the one in the box and those put aside)."""
+        return sum(1 for text in self._drafts.values() if text.strip()) + bool(self.text.strip())
+
     def draft(self, conversation_id: str | None, note: bool = False) -> str:
         """What is written for that conversation in that mode, in the box or put aside."""
         if conversation_id == self.conversation_id and note == self.note_mode:
