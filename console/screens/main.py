@@ -128,7 +128,6 @@ def snooze_until(choice: str, now: datetime, tz: tzinfo | None = None) -> dateti
     return at.astimezone(UTC) if at > local else None
 
 
-
 VIEWING_EVERY = 30.0
 """Seconds between the "viewing" signals a console sends while a conversation stays open; the others forget an agent
 not heard from in three of them (a console that quit, or lost its link, says nothing more)."""
