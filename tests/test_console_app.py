@@ -854,3 +854,13 @@ async def test_quitting_with_a_draft_written_asks_first(cache: Cache) -> None:
         await pilot.press("ctrl+q", "y")
         await settle(pilot)
         assert not app.is_running
+
+
+async def test_an_empty_inbox_says_what_it_shows_and_how_to_change_it(cache: Cache) -> None:
+    async with running(cache) as (app, pilot):
+        inbox = app.main.inbox
+        inbox.set_filter(InboxFilter("snoozed", "mine", "nobody-here"))
+        await settle(pilot)
+        assert inbox.count == 0
+        shown = [text_of([inbox.render_line(y)]).strip() for y in (1, 2)]
+        assert shown == ["No conversations: snoozed · mine.", "f / F change what is shown."]

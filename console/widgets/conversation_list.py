@@ -129,6 +129,8 @@ class ConversationList(ScrollView, can_focus=True):
         self._rows: dict[int, ConversationRow] = {}
         self._generation = 0
         self._loading: tuple[int, int] | None = None
+        self._loaded = False
+        """A load has landed: an empty list then means nothing matches (and says so), not "not read yet"."""
         self._reload_since: float | None = None
         self._counted: tuple[InboxFilter, int, int] | None = None
         """(filter, the cache's inbox_version, count) of the last count taken."""
@@ -235,6 +237,7 @@ class ConversationList(ScrollView, can_focus=True):
         if message.generation != self._generation:
             return
         self._loading = None
+        self._loaded = True
         previous = self.highlighted_id
         self.count = message.count
         self._rows = {message.offset + i: row for i, row in enumerate(message.rows)}
@@ -297,6 +300,10 @@ class ConversationList(ScrollView, can_focus=True):
         index, part = divmod(int(self.scroll_offset.y) + y, self.per_row)
         width, base, today = self._frame or self._frame_facts()
         if index >= self.count:
+            if self.count == 0 and y in (1, 2) and self._loaded:
+                hint = f"  No conversations: {self.inbox.describe()}." if y == 1 else "  f / F change what is shown."
+                style = base + self.get_component_rich_style("conversation-list--dim", partial=True)
+                return Strip([Segment(hint[:width].ljust(width), style)], width)
             return Strip.blank(width, base)
         row = self._rows.get(index)
         if row is None:
