@@ -112,8 +112,9 @@ class TwilioRest:
             form.append(("StatusCallback", msg.status_callback))
         started = datetime.now(UTC) - CLOCK_SKEW
         last_problem = "no attempt made"
+        # True while a try may have reached Twilio and no lookup has said since whether it did: nothing is sent
+        # again until one has.
         unsure = False
-        """A try may have reached Twilio, and no lookup has said since whether it did: nothing is sent until one has."""
         for attempt in range(self.settings.rest_retries + 1):
             if unsure:
                 try:
