@@ -791,6 +791,25 @@ class Cache:
         )
         return [(r[0], r[1], json.loads(r[2]), r[3], r[4]) for r in rows]
 
+    def take_back_refused(self, command_id: str) -> tuple[str, bool, str] | None:
+        """A reply or note the bridge refused, out of the outbox: (conversation, is a note, body), for the composer to
+        hold again; None if that command is not one (or was taken back already)."""
+        with self._write_lock:
+            conn = self.conn()
+            row = conn.execute(
+                "SELECT command, args, conversation_id FROM outbox WHERE command_id = ? AND state = 'failed' "
+                "AND command IN ('send_sms', 'add_note')",
+                (command_id,),
+            ).fetchone()
+            if row is None:
+                return None
+            args = json.loads(row[1])
+            conversation_id = row[2] or args.get("conversation_id")
+            if not isinstance(conversation_id, str) or not isinstance(args.get("body"), str):
+                return None
+            conn.execute("DELETE FROM outbox WHERE command_id = ?", (command_id,))
+            return conversation_id, row[0] == "add_note", args["body"]
+
     def conversation_labels(self, ids: Iterable[str]) -> dict[str, tuple[str | None, str]]:
         """(customer name, customer number) for each conversation id, in one query."""
         wanted = list(dict.fromkeys(ids))

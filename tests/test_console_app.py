@@ -864,3 +864,31 @@ async def test_an_empty_inbox_says_what_it_shows_and_how_to_change_it(cache: Cac
         assert inbox.count == 0
         shown = [text_of([inbox.render_line(y)]).strip() for y in (1, 2)]
         assert shown == ["No conversations: snoozed · mine.", "f / F change what is shown."]
+
+
+async def test_a_refused_reply_comes_back_into_its_box_not_into_the_thread_for_good(cache: Cache) -> None:
+    """The bridge refuses a reply (here: the customer opted out meanwhile): the toast says why, the reply is back in
+    the box to fix or clear, and the thread no longer holds it as a failure nothing can retry or dismiss."""
+    from console.client import BridgeLink, read_outbox
+
+    class OutboxLink(FakeLink):
+        command = BridgeLink.command  # the real outbox write
+
+    app = SwitchboardApp(cache, ConsoleConfig(), link_factory=OutboxLink, clock=frozen_clock, tz=UTC)
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
+        await settle(pilot)
+        link = app.link
+        assert isinstance(link, OutboxLink)
+        cid = await _open_third(pilot, app)
+        await pilot.press(*"See you Monday", "enter")
+        await settle(pilot)
+        assert app.main.composer.text == ""
+        [queued] = read_outbox(cache, cid)
+        refused = protocol.Result.failure(queued.command_id, "opted_out", "This customer texted STOP.")
+        link._settle_sync(refused)  # as the link settles a result from the bridge
+        app.link_result(refused)
+        await settle(pilot)
+        assert app.main.composer.text == "See you Monday"
+        assert read_outbox(cache, cid) == []
+        assert "See you Monday" not in text_of(app.main.thread._lines)
+        assert any("texted STOP. The reply is back in the box below" in str(n.message) for n in app._notifications)

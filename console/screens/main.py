@@ -584,7 +584,27 @@ class MainScreen(CallControls, Screen[None]):
         if call is not None:
             self.call_settled(call[0], call[1], result)
         elif not result.ok:
-            self.notify(one_line(result.error_message or "The bridge refused the command."), severity="error")
+            self._take_back(result)
+            return
+        if self.current is not None:
+            self.thread.refresh_thread()
+
+    @work(thread=True, group="take-back")
+    def _take_back(self, result: protocol.Result) -> None:
+        """A refused reply or note goes back into its draft, out of the outbox: the agent fixes and sends it again, or
+        clears it (it used to stay in the thread as a failure with no way to retry it or dismiss it)."""
+        taken = self.console_app.cache.take_back_refused(result.id)
+        self._to_ui(self._taken_back, result, taken)
+
+    def _taken_back(self, result: protocol.Result, taken: tuple[str, bool, str] | None) -> None:
+        said = one_line(result.error_message or "The bridge refused the command.")
+        if taken is not None:
+            conversation_id, note, body = taken
+            self.composer.give_back(conversation_id, note, body)
+            here = self.current is not None and self.current.id == conversation_id
+            where = "in the box below" if here else "in that conversation's box"
+            said = f"{said.rstrip('.')}. The {'note' if note else 'reply'} is back {where}."
+        self.notify(said, severity="error")
         if self.current is not None:
             self.thread.refresh_thread()
 

@@ -165,6 +165,16 @@ class Composer(Vertical):
         """How many drafts hold words (the one in the box and those put aside)."""
         return sum(1 for text in self._drafts.values() if text.strip()) + bool(self.text.strip())
 
+    def give_back(self, conversation_id: str, note: bool, text: str) -> None:
+        """A text the bridge refused: back in its conversation's draft, before whatever was written there since."""
+        held = self.draft(conversation_id, note)
+        text = f"{text}\n{held}" if held.strip() else text
+        if conversation_id == self.conversation_id and note == self.note_mode:
+            self.restored = text
+            self.set_text(text)
+        else:
+            self._drafts[(conversation_id, note)] = text
+
     def draft(self, conversation_id: str | None, note: bool = False) -> str:
         """What is written for that conversation in that mode, in the box or put aside."""
         if conversation_id == self.conversation_id and note == self.note_mode:
