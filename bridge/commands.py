@@ -32,7 +32,6 @@ from bridge.types import E164, ConversationId, conversation_id
 
 log = logging.getLogger("switchboard.bridge.commands")
 
-MAX_BODY = protocol.MAX_SMS_CHARS
 UNSURE_RETRY_MAX = 60.0
 """Longest wait, in seconds, between asks about a send Twilio may or may not hold (see ``_deliver``)."""
 MAX_MEDIA = 10
@@ -183,8 +182,9 @@ class CommandRunner:
             raise Refused("bad_media_url", "Attachments must be http(s) URLs Twilio can fetch.")
         if not body.strip() and not media_urls:
             raise Refused("empty_body", "The message is empty: type something or attach media.")
-        if len(body) > MAX_BODY:
-            raise Refused("body_too_long", f"The message is {len(body)} characters; Twilio takes at most {MAX_BODY}.")
+        if len(body) > protocol.MAX_SMS_CHARS:
+            most = protocol.MAX_SMS_CHARS
+            raise Refused("body_too_long", f"The message is {len(body)} characters; Twilio takes at most {most}.")
         conv = await self._conversation_for(args)
         if await self.store.read(lambda conn: is_opted_out(conn, conv.twilio_number, conv.customer_number)):
             raise Refused(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bridge.store import StoredEvent
@@ -92,15 +92,6 @@ class Hub:
         for sub in list(self.subscribers):
             if sub is not sender and sub.live:
                 sub.offer((None, frame))
-
-    def disconnect_agents(self, agents: Iterable[str], code: int, reason: str) -> int:
-        names = set(agents)
-        count = 0
-        for sub in list(self.subscribers):
-            if sub.agent in names:
-                sub.disconnect(code, reason)
-                count += 1
-        return count
 
     def disconnect_tokens_except(self, active: set[str], code: int, reason: str) -> int:
         """Close every console let in with a token whose hash is not in ``active`` (revoked, or replaced)."""

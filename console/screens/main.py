@@ -616,70 +616,58 @@ class MainScreen(CallControls, Screen[None]):
         if row is not None and text and text != self.composer.restored:  # typed, not a draft brought back
             self.console_app.send_signal(row.id, "typing", throttle=True)
 
-    async def on_composer_sent(self, event: Composer.Sent) -> None:
-        handed_over = False
-        try:
-            handed_over = await self._composed(event)
-        finally:
-            if not handed_over:
-                self.composer.sending = False
+    def on_composer_sent(self, event: Composer.Sent) -> None:
+        # In a worker: a reply where someone else has claimed the conversation waits for the agent's answer.
+        self.run_worker(self._send_composed(event), group="send")
 
-    async def _composed(self, event: Composer.Sent) -> bool:
-        """Send what the composer sent; True when a question to the agent took the send over (and will let the
-        composer send again once answered)."""
+    async def _send_composed(self, event: Composer.Sent) -> None:
+        """Queue what the composer sent; the composer takes the send key again once this is done, whatever came of
+        it."""
+        try:
+            await self._queue_composed(event)
+        finally:
+            self.composer.sending = False
+
+    async def _queue_composed(self, event: Composer.Sent) -> None:
         row = self.current
         if row is None:
             self.notify("Open a conversation first (enter in the inbox).", severity="warning")
-            return False
+            return
         if row.id != event.conversation_id:
             self.notify("That draft was written in another conversation; it is kept there. Nothing was sent.")
-            return False
+            return
         limit, what = (MAX_NOTE_CHARS, "note") if event.note else (MAX_SMS_CHARS, "reply")
         if len(event.text) > limit:
             self.notify(
                 f"The {what} is {len(event.text)} characters; at most {limit} go in one. Shorten it: nothing was sent.",
                 severity="error",
             )
-            return False
+            return
         if event.note:
             sent = await self.console_app.run_command(
                 "add_note", {"conversation_id": row.id, "body": event.text}, row.id
             )
             if sent is None:
-                return False  # nothing queued: the draft stays
+                return  # nothing queued: the draft stays
             self.composer.sent(row.id, True, event.text)
             if self.composer.conversation_id == row.id and not self.composer.text.strip():
                 self.composer.note_mode = False  # back to replying
             self.thread.refresh_thread()
-            return False
+            return
         if row.opted_out:
             self.notify("This customer opted out (STOP). Texts are blocked until they text START.", severity="error")
-            return False
+            return
         me = self.console_app.agent
         if row.assignee is not None and me is not None and row.assignee != me:
             question = f"{row.assignee} has claimed this conversation. Send your reply anyway?"
-            self.app.push_screen(Confirm(question), lambda yes: self._send_confirmed(yes, row, event.text))
-            return True
-        await self._send(row, event.text)
-        return False
-
-    def _send_confirmed(self, yes: bool | None, row: ConversationRow, text: str) -> None:
-        if yes:
-            self.run_worker(self._send(row, text, release=True), group="send")
-        else:
-            self.composer.sending = False
-
-    async def _send(self, row: ConversationRow, text: str, release: bool = False) -> None:
-        try:
-            sent = await self.console_app.run_command("send_sms", {"conversation_id": row.id, "body": text}, row.id)
-            if sent is None:
-                return  # nothing queued: the draft stays
-            self.composer.sent(row.id, False, text)
-            self.console_app.send_signal(row.id, "idle")
-            self.thread.refresh_thread()
-        finally:
-            if release:
-                self.composer.sending = False
+            if not await self.app.push_screen_wait(Confirm(question)):
+                return
+        sent = await self.console_app.run_command("send_sms", {"conversation_id": row.id, "body": event.text}, row.id)
+        if sent is None:
+            return  # nothing queued: the draft stays
+        self.composer.sent(row.id, False, event.text)
+        self.console_app.send_signal(row.id, "idle")
+        self.thread.refresh_thread()
 
     # -- actions ---------------------------------------------------------------------------------------------
 

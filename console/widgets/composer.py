@@ -144,16 +144,9 @@ class Composer(Vertical):
         """Put what is written aside for the conversation it was written for; bring back ``conversation_id``'s."""
         if conversation_id == self.conversation_id:
             return
-        self._put_aside(self.conversation_id, self.note_mode)
+        self._set_draft(self.conversation_id, self.note_mode, self.text, in_box=False)
         self.conversation_id = conversation_id
         self._bring_back(self.note_mode)
-
-    def _put_aside(self, conversation_id: str | None, note: bool) -> None:
-        text = self.text
-        if text.strip():
-            self._drafts[(conversation_id, note)] = text
-        else:
-            self._drafts.pop((conversation_id, note), None)
 
     def _bring_back(self, note: bool) -> None:
         text = self._drafts.pop((self.conversation_id, note), "")
@@ -165,36 +158,35 @@ class Composer(Vertical):
         """How many drafts hold words (the one in the box and those put aside)."""
         return sum(1 for text in self._drafts.values() if text.strip()) + bool(self.text.strip())
 
-    def give_back(self, conversation_id: str, note: bool, text: str) -> None:
-        """A text the bridge refused: back in its conversation's draft, before whatever was written there since."""
-        held = self.draft(conversation_id, note)
-        text = f"{text}\n{held}" if held.strip() else text
-        if conversation_id == self.conversation_id and note == self.note_mode:
-            self.restored = text
-            self.set_text(text)
-        else:
-            self._drafts[(conversation_id, note)] = text
-
     def draft(self, conversation_id: str | None, note: bool = False) -> str:
         """What is written for that conversation in that mode, in the box or put aside."""
         if conversation_id == self.conversation_id and note == self.note_mode:
             return self.text
         return self._drafts.get((conversation_id, note), "")
 
+    def _set_draft(self, conversation_id: str | None, note: bool, text: str, *, in_box: bool = True) -> None:
+        """Make ``text`` that conversation's draft in that mode: in the box when it shows that draft (and
+        ``in_box``), else put aside (an empty one forgotten)."""
+        if in_box and conversation_id == self.conversation_id and note == self.note_mode:
+            if text != self.text:
+                self.set_text(text)
+        elif text.strip():
+            self._drafts[(conversation_id, note)] = text
+        else:
+            self._drafts.pop((conversation_id, note), None)
+
+    def give_back(self, conversation_id: str, note: bool, text: str) -> None:
+        """A text the bridge refused: back in its conversation's draft, before whatever was written there since."""
+        held = self.draft(conversation_id, note)
+        text = f"{text}\n{held}" if held.strip() else text
+        self.restored = text
+        self._set_draft(conversation_id, note, text)
+
     def sent(self, conversation_id: str | None, note: bool, text: str) -> None:
         """``text`` went into the outbox: take it out of that draft, keeping anything written after it meanwhile."""
-        if conversation_id == self.conversation_id and note == self.note_mode:
-            rest = self.text.removeprefix(text) if self.text.startswith(text) else self.text
-            if rest != self.text:
-                self.set_text(rest.lstrip("\n"))
-            return
-        kept = self._drafts.get((conversation_id, note))
-        if kept is not None and kept.startswith(text):
-            rest = kept.removeprefix(text).lstrip("\n")
-            if rest.strip():
-                self._drafts[(conversation_id, note)] = rest
-            else:
-                del self._drafts[(conversation_id, note)]
+        held = self.draft(conversation_id, note)
+        if held.startswith(text):
+            self._set_draft(conversation_id, note, held.removeprefix(text).lstrip("\n"))
 
     def on_text_area_changed(self, event: TextArea.Changed) -> None:
         self._update_counter()
@@ -210,7 +202,7 @@ class Composer(Vertical):
 
     def watch_note_mode(self, was_note: bool, note: bool) -> None:
         if was_note != note and self.is_mounted:
-            self._put_aside(self.conversation_id, was_note)
+            self._set_draft(self.conversation_id, was_note, self.text, in_box=False)
             self._bring_back(note)
         self.set_class(note, "-note")
         self.query_one("#composer-mode", Static).update("note" if note else "reply")
