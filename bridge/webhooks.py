@@ -15,7 +15,7 @@ from urllib.parse import parse_qsl, unquote
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import PlainTextResponse, Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from bridge import signature
 from bridge.messaging import BadWebhook, InboundMessage, StatusCallback, record_inbound, record_status
@@ -325,20 +325,4 @@ sms_status_webhook = Webhook(StatusCallback.from_params, record_status)
 """POST /twilio/sms/status: a delivery status callback for one of our messages."""
 
 FAST_PATHS: dict[str, Webhook[Any]] = {"/twilio/sms": sms_webhook, "/twilio/sms/status": sms_status_webhook}
-
-
-class FastWebhooks:
-    """ASGI middleware: a POST to an SMS webhook's path goes straight to its ``Webhook``, past Starlette's
-    exception middleware, router and route (about a tenth of a webhook's CPU, measured in process). Everything
-    else, and these paths under a root path, take the usual way, where the same routes are declared."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            endpoint = FAST_PATHS.get(scope["path"])
-            if endpoint is not None and not scope.get("root_path"):
-                await endpoint(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+"""The POST paths ``bridge.app.BridgeApp`` hands straight to their ``Webhook``."""
