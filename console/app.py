@@ -21,6 +21,7 @@ from console import messages, times
 from console.cache import Cache
 from console.client import AppliedBatch, BridgeLink, LinkState, LinkStatus
 from console.config import ConsoleConfig
+from console.drafts import DraftFile, drafts_file
 from console.screens.help import HelpScreen, keys_shown
 from console.screens.main import MainScreen
 
@@ -89,6 +90,9 @@ class SwitchboardApp(App[None]):
         self._waiting: dict[str, asyncio.Future[protocol.Result]] = {}
         self._typing_sent: dict[str, float] = {}
         self._last_state: LinkState | None = None
+        path = drafts_file(cache.path)
+        self.draft_file: DraftFile | None = None if path is None else DraftFile(path)
+        """Where drafts outlive the console (None for an in-memory cache)."""
         self.main = MainScreen()
 
     def get_default_screen(self) -> Screen[Any]:
@@ -225,15 +229,21 @@ class SwitchboardApp(App[None]):
             self._waiting.pop(command_id, None)
 
     async def action_quit(self) -> None:
-        """Quit; drafts are not kept past the console, so with some written the agent is asked first."""
+        """Quit. Drafts are saved first and kept for the next run; only if they cannot be (no file for them, or it
+        could not be written) is the agent asked before they are lost."""
         from console.screens.confirm import Confirm
 
-        drafts = self.main.composer.unsent() if self.main.is_mounted else 0
+        drafts = 0
+        if self.main.is_mounted:
+            self.main.save_drafts()
+            kept = self.draft_file is not None and self.draft_file.problem is None
+            drafts = 0 if kept else self.main.composer.unsent()
         if not drafts or isinstance(self.screen, Confirm):
             self.exit()
             return
         some = "a draft" if drafts == 1 else f"{drafts} drafts"
-        question = f"You have {some} not sent. Quit and lose {'it' if drafts == 1 else 'them'}?"
+        them = "it" if drafts == 1 else "them"
+        question = f"You have {some} not sent, which could not be saved. Quit and lose {them}?"
         self.push_screen(Confirm(question), lambda yes: self.exit() if yes else None)
 
     def why_no_answer(self) -> str:

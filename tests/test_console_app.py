@@ -839,15 +839,74 @@ async def test_the_keys_go_on_while_the_bridge_is_asked_who_to_assign_to(
         assert any("did not answer" in str(n.message) for n in app._notifications)
 
 
-async def test_quitting_with_a_draft_written_asks_first(cache: Cache) -> None:
+async def test_a_draft_outlives_the_console(cache: Cache) -> None:
+    """Quit with a reply and a note half written (no question asked): the next run says so and brings each back
+    into its own box, in its own mode, when its conversation is opened; nothing was sent."""
+    async with linked(cache) as (app, pilot, link):
+        cid = await _open_third(pilot, app)
+        await pilot.press(*"Half a repl", "escape", "m", *"a note to self", "ctrl+q")
+        await settle(pilot)
+        assert not app.is_running and link.sent == []
+    async with linked(cache, notifications=True) as (app, pilot, link):
+        assert any("A draft" in str(n.message) or "2 drafts" in str(n.message) for n in app._notifications)
+        assert await _open_third(pilot, app) == cid
+        assert app.main.composer.text == "Half a repl" and not app.main.composer.note_mode
+        await pilot.press("escape", "m")
+        await settle(pilot)
+        assert app.main.composer.text == "a note to self"
+        assert link.sent == []
+
+
+async def test_drafts_are_saved_while_typing(cache: Cache, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A console that never quits (killed, its SSH session dropped) has still saved what was typed a moment ago;
+    a reply once sent is out of the saved drafts at once, so a crash right after cannot offer it again."""
+    from console.drafts import DraftFile, drafts_file
+    from console.screens import main
+
+    monkeypatch.setattr(main, "DRAFTS_SAVED_AFTER", 0.05)
+    path = drafts_file(cache.path)
+    assert path is not None
+    async with linked(cache) as (app, pilot, link):
+        cid = await _open_third(pilot, app)
+        await pilot.press(*"Your refund is on its way")
+        await settle(pilot)
+        assert DraftFile(path).load() == {(cid, False): "Your refund is on its way"}
+        monkeypatch.setattr(main, "DRAFTS_SAVED_AFTER", 60.0)  # from here only a send saves at once
+        await pilot.press("enter")
+        await settle(pilot)
+        assert [c.args["body"] for c in link.sent] == ["Your refund is on its way"]
+        assert DraftFile(path).load() == {}
+
+
+async def test_unreadable_saved_drafts_are_put_aside_and_said(cache: Cache) -> None:
+    from console.drafts import drafts_file
+
+    path = drafts_file(cache.path)
+    assert path is not None
+    path.write_text('{"version": 1, "drafts": [{"conversation_id": 7}]}')
+    async with linked(cache, notifications=True) as (app, pilot, _link):
+        assert any("could not be read" in str(n.message) for n in app._notifications)
+        assert not path.exists() and path.with_name(path.name + ".unreadable").exists()
+        await _open_third(pilot, app)
+        await pilot.press(*"still works")
+        await pilot.press("ctrl+q")
+        await settle(pilot)
+    assert "still works" in path.read_text()
+
+
+async def test_quitting_asks_first_when_drafts_cannot_be_saved(cache: Cache) -> None:
+    from console.drafts import drafts_file
     from console.screens.confirm import Confirm
 
+    path = drafts_file(cache.path)
+    assert path is not None
+    path.mkdir()  # a directory where the file should go: every save fails
     async with linked(cache) as (app, pilot, _link):
         await _open_third(pilot, app)
         await pilot.press(*"Half a repl", "ctrl+q")
         await settle(pilot)
         assert isinstance(app.screen, Confirm)
-        assert "a draft not sent" in app.screen.question
+        assert "could not be saved" in app.screen.question
         await pilot.press("n")
         await settle(pilot)
         assert app.is_running and app.main.composer.text == "Half a repl"

@@ -133,6 +133,8 @@ VIEWING_EVERY = 30.0
 not heard from in three of them (a console that quit, or lost its link, says nothing more)."""
 TYPING_FOR = 10.0
 """Seconds "typing…" shows after the last typing signal (a console sends one every 3 s while its agent types)."""
+DRAFTS_SAVED_AFTER = 1.0
+"""Seconds from a change in what is written to the drafts being saved: at most one save a second while typing."""
 
 
 def _now() -> float:
@@ -213,6 +215,8 @@ class MainScreen(CallControls, Screen[None]):
         self._call_keys = CallKeys(False, None, None, False, None)
         self.call_commands: dict[str, tuple[str, dict[str, Any]]] = {}
         """Call commands this console sent and the bridge has not answered yet, by command id."""
+        self._drafts_timer: Timer | None = None
+        self._drafts_problem: str | None = None
         self.wrap_up_draft = ""
         self.hung_up = False
         """This agent hung up and the bridge said ok: the wrap-up dialog opens when the call is in wrap-up."""
@@ -247,6 +251,10 @@ class MainScreen(CallControls, Screen[None]):
         self.calls.reload(self.console_app.agent)
         self.set_interval(1.0, self._forget_quiet_agents)
         self.set_interval(VIEWING_EVERY, self._still_viewing)
+        self._load_drafts()
+
+    def on_unmount(self) -> None:
+        self.save_drafts()
 
     # -- shortcuts -------------------------------------------------------------------------------------------
 
@@ -610,6 +618,38 @@ class MainScreen(CallControls, Screen[None]):
 
     # -- composing -------------------------------------------------------------------------------------------
 
+    def _load_drafts(self) -> None:
+        """Bring back the drafts the last run kept, each into its conversation's box when it is opened."""
+        file = self.console_app.draft_file
+        if file is None:
+            return
+        drafts = file.load()
+        if file.problem is not None:
+            self.notify(file.problem, severity="warning", timeout=10)
+        if drafts:
+            self.composer.keep(drafts)
+            some = "A draft" if len(drafts) == 1 else f"{len(drafts)} drafts"
+            self.notify(f"{some} from last time: back in {'its' if len(drafts) == 1 else 'their'} conversation's box.")
+
+    def on_composer_drafts_changed(self, event: Composer.DraftsChanged) -> None:
+        event.stop()
+        if self._drafts_timer is None:
+            self._drafts_timer = self.set_timer(DRAFTS_SAVED_AFTER, self.save_drafts)
+
+    def save_drafts(self) -> None:
+        """Save what is written now (a small file: see ``console.drafts``); a failure is said once, not per key."""
+        if self._drafts_timer is not None:
+            self._drafts_timer.stop()
+            self._drafts_timer = None
+        file = self.console_app.draft_file
+        if file is None:
+            return
+        with contextlib.suppress(NoMatches):  # the screen is being taken down: what was saved last stands
+            file.save(self.composer.drafts())
+            if file.problem is not None and file.problem != self._drafts_problem:
+                self.notify(f"{file.problem} Drafts are kept in this console until it quits.", severity="error")
+            self._drafts_problem = file.problem
+
     def on_text_area_changed(self, event: ReplyArea.Changed) -> None:
         row = self.current
         text = event.text_area.text
@@ -652,6 +692,7 @@ class MainScreen(CallControls, Screen[None]):
             self.composer.sent(row.id, True, event.text)
             if self.composer.conversation_id == row.id and not self.composer.text.strip():
                 self.composer.note_mode = False  # back to replying
+            self.save_drafts()  # now: a draft of what is already in the outbox must not outlive a crash
             self.thread.refresh_thread()
             return
         if row.opted_out:
@@ -666,6 +707,7 @@ class MainScreen(CallControls, Screen[None]):
         if sent is None:
             return  # nothing queued: the draft stays
         self.composer.sent(row.id, False, event.text)
+        self.save_drafts()  # now: a draft of what is already in the outbox must not outlive a crash
         self.console_app.send_signal(row.id, "idle")
         self.thread.refresh_thread()
 

@@ -95,6 +95,9 @@ class Composer(Vertical):
     opted_out: reactive[bool] = reactive(False)
     """The customer has opted out of texts from this number: replies are blocked until they text START."""
 
+    class DraftsChanged(Message):
+        """What is written changed (in the box, or a draft put aside): time to save the drafts."""
+
     @dataclass
     class Sent(Message):
         """The agent sent what is in the composer (already checked for being non-empty)."""
@@ -158,6 +161,23 @@ class Composer(Vertical):
         """How many drafts hold words (the one in the box and those put aside)."""
         return sum(1 for text in self._drafts.values() if text.strip()) + bool(self.text.strip())
 
+    def drafts(self) -> dict[tuple[str, bool], str]:
+        """Every draft that holds words, by (conversation, note): the one in the box and those put aside."""
+        drafts = {(cid, note): text for (cid, note), text in self._drafts.items() if cid is not None}
+        if self.conversation_id is not None and self.text.strip():
+            drafts[(self.conversation_id, self.note_mode)] = self.text
+        return drafts
+
+    def keep(self, drafts: dict[tuple[str, bool], str]) -> None:
+        """Take drafts saved by an earlier run: put aside, each back in its box when its conversation opens (one
+        written since, in this run, stays as it is)."""
+        for (cid, note), text in drafts.items():
+            if self.draft(cid, note).strip():
+                continue
+            self._set_draft(cid, note, text, in_box=False)
+            if cid == self.conversation_id and note == self.note_mode:
+                self._bring_back(note)
+
     def draft(self, conversation_id: str | None, note: bool = False) -> str:
         """What is written for that conversation in that mode, in the box or put aside."""
         if conversation_id == self.conversation_id and note == self.note_mode:
@@ -172,8 +192,9 @@ class Composer(Vertical):
                 self.set_text(text)
         elif text.strip():
             self._drafts[(conversation_id, note)] = text
-        else:
-            self._drafts.pop((conversation_id, note), None)
+            self.post_message(self.DraftsChanged())
+        elif self._drafts.pop((conversation_id, note), None) is not None:
+            self.post_message(self.DraftsChanged())
 
     def give_back(self, conversation_id: str, note: bool, text: str) -> None:
         """A text the bridge refused: back in its conversation's draft, before whatever was written there since."""
@@ -190,6 +211,7 @@ class Composer(Vertical):
 
     def on_text_area_changed(self, event: TextArea.Changed) -> None:
         self._update_counter()
+        self.post_message(self.DraftsChanged())
 
     def _update_counter(self) -> None:
         counter = self.query_one("#composer-counter", Static)
