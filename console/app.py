@@ -302,9 +302,18 @@ class SwitchboardApp(App[None]):
     async def reset_cache(self) -> None:
         """After "wrong bridge": forget this cache's events and load the bridge's own history."""
         if self.link is not None:
-            await self.link.reset_cache()
+            taken = await self.link.reset_cache()
             self.link.start()
             self.main.post_message(messages.EventsApplied([], set()))
+            if taken:
+                for conversation_id, note, body in taken:
+                    self.main.composer.give_back(conversation_id, note, body)
+                self.main.save_drafts()
+                some = "A reply" if len(taken) == 1 else f"{len(taken)} replies and notes"
+                self.notify(
+                    f"{some} not sent before the reset: back in {'its' if len(taken) == 1 else 'their'} "
+                    "conversation's box, to send again here or clear."
+                )
 
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)

@@ -933,16 +933,18 @@ class BridgeLink:
 
     # -- the cache -------------------------------------------------------------------------------------------
 
-    async def reset_cache(self) -> None:
+    async def reset_cache(self) -> list[tuple[str, bool, str]]:
         """Forget every cached event and the cursor (after WRONG_BRIDGE), so start() loads this bridge's history.
 
-        Stops the link first. Commands still pending are marked failed (they were meant for the other bridge);
-        answered ones are dropped.
+        Stops the link first. Replies and notes still pending leave the outbox and are returned, (conversation,
+        is a note, body), for the composer to hold as drafts: they were meant for the other bridge, and the agent
+        decides whether they still apply here. Other commands still pending are marked failed; answered ones are
+        dropped.
         """
         await self.stop()
         if self.running:
             raise RuntimeError("the link is still running")
-        await self._db(_reset_cache_sync, self.cache)
+        taken: list[tuple[str, bool, str]] = await self._db(_reset_cache_sync, self.cache)
         cursor, pending = await self._db(self._read_counts)
         self._set(
             LinkState.OFFLINE,
@@ -953,6 +955,7 @@ class BridgeLink:
             applied=0,
             outbox_pending=pending,
         )
+        return taken
 
     def _read_counts(self) -> tuple[int, int]:
         return self.cache.cursor(), _pending_count(self.cache)
@@ -1045,8 +1048,9 @@ def _pending_count(cache: Cache) -> int:
     return int(cache.conn().execute("SELECT count(*) FROM outbox WHERE state = 'pending'").fetchone()[0])
 
 
-def _reset_cache_sync(cache: Cache) -> None:
-    """Empty every table of cached events (whatever tables the cache has), keep the outbox and the migrations."""
+def _reset_cache_sync(cache: Cache) -> list[tuple[str, bool, str]]:
+    """Empty every table of cached events (whatever tables the cache has), keep the outbox and the migrations;
+    take the pending replies and notes out of the outbox and return them (see ``BridgeLink.reset_cache``)."""
     with cache._write_lock:
         conn = cache.conn()
         conn.execute("BEGIN IMMEDIATE")
@@ -1068,11 +1072,30 @@ def _reset_cache_sync(cache: Cache) -> None:
                     conn.execute(f'INSERT INTO "{name}" ("{name}") VALUES (\'delete-all\')')
             conn.execute("DELETE FROM meta WHERE key = 'cursor'")
             conn.execute("DELETE FROM outbox WHERE state = 'done'")
+            taken = _take_pending_writing(conn)
             conn.execute("UPDATE outbox SET state = 'failed', error = ? WHERE state = 'pending'", (RESET_REASON,))
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+    return taken
+
+
+def _take_pending_writing(conn: sqlite3.Connection) -> list[tuple[str, bool, str]]:
+    """The pending replies and notes, in the order they were written, out of the outbox."""
+    taken: list[tuple[str, bool, str]] = []
+    rows = conn.execute(
+        "SELECT command_id, command, args, conversation_id FROM outbox WHERE state = 'pending' "
+        "AND command IN (?, ?) ORDER BY created_at",
+        (protocol.SEND_SMS, protocol.ADD_NOTE),
+    ).fetchall()
+    for command_id, command, args_json, conversation_id in rows:
+        args = json.loads(args_json)
+        conversation_id = conversation_id or args.get("conversation_id")
+        if isinstance(conversation_id, str) and isinstance(args.get("body"), str):
+            taken.append((conversation_id, command == protocol.ADD_NOTE, args["body"]))
+            conn.execute("DELETE FROM outbox WHERE command_id = ?", (command_id,))
+    return taken
 
 
 # -- helpers ------------------------------------------------------------------------------------------------

@@ -951,3 +951,23 @@ async def test_a_refused_reply_comes_back_into_its_box_not_into_the_thread_for_g
         assert read_outbox(cache, cid) == []
         assert "See you Monday" not in text_of(app.main.thread._lines)
         assert any("texted STOP. The reply is back in the box below" in str(n.message) for n in app._notifications)
+
+
+async def test_replies_pending_at_a_cache_reset_come_back_as_drafts(cache: Cache) -> None:
+    """A cache that belonged to another bridge is reset: the replies and notes still in its outbox were meant for
+    that bridge, so they are not sent here, but they are not lost either: each is back in its conversation's box
+    (and saved), for the agent to send again or clear."""
+    from console.client import read_outbox
+    from console.drafts import DraftFile, drafts_file
+
+    async with linked(cache, notifications=True) as (app, pilot, link):
+        cid = await _open_third(pilot, app, reply=False)
+        link._enqueue_sync("c-old-1", protocol.SEND_SMS, {"conversation_id": cid, "body": "meant for the other"}, cid)
+        link._enqueue_sync("c-old-2", protocol.ADD_NOTE, {"conversation_id": cid, "body": "old note"}, cid)
+        await app.reset_cache()
+        await settle(pilot)
+        assert read_outbox(cache) == [] and link.sent == []
+        assert app.main.composer.drafts() == {(cid, False): "meant for the other", (cid, True): "old note"}
+        assert any("not sent before the reset" in str(n.message) for n in app._notifications)
+        path = drafts_file(cache.path)
+        assert path is not None and DraftFile(path).load() == app.main.composer.drafts()

@@ -460,13 +460,16 @@ async def test_a_cache_from_another_bridge_is_refused_and_can_be_reset(world: Wo
     await world.bridge.start()
     await text_in(world.url, "this bridge's only text")
     seen = world.link(cache)
-    waiting = await seen.link.command(protocol.SEND_SMS, {"conversation_id": CID, "body": "queued"}, CID)
+    waiting = await seen.link.command(protocol.CLAIM, {"conversation_id": CID}, CID)
+    await seen.link.command(protocol.SEND_SMS, {"conversation_id": CID, "body": "queued"}, CID)
+    await seen.link.command(protocol.ADD_NOTE, {"conversation_id": CID, "body": "a note"}, CID)
     final = await asyncio.wait_for(seen.link.run(), 10)
     assert final.state is LinkState.WRONG_BRIDGE
     assert "belongs to another bridge" in final.detail and "#5" in final.detail and final.head == 1
     assert len(world.attempts) == 1 and cache.cursor() == 5
 
-    await seen.link.reset_cache()
+    # The reply and the note come back for the composer, out of the outbox; the claim stays, failed.
+    assert await seen.link.reset_cache() == [(CID, False, "queued"), (CID, True, "a note")]
     assert cache.cursor() == 0 and cache.conversation_count() == 0 and cache.search("text") == []
     [entry] = read_outbox(cache)
     assert (entry.command_id, entry.state, entry.error) == (waiting, "failed", RESET_REASON)
