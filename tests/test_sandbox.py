@@ -5,19 +5,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
 import pytest
 import requests
-from twilio.base.exceptions import TwilioRestException
+from twilio.base.exceptions import TwilioException, TwilioRestException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.request_validator import RequestValidator
 from twilio.rest import Client
@@ -339,6 +340,144 @@ def test_api_key_authenticates_with_the_account_in_the_path(harness: Harness, sh
     assert client.messages(message.sid).fetch().sid == message.sid
 
 
+@pytest.mark.parametrize(
+    ("params", "code"),
+    [
+        ({"media_url": [f"https://example.com/{n}.png" for n in range(11)]}, 21623),
+        ({"media_url": ["not a url"]}, 21620),
+        ({"media_url": ["ftp://example.com/a.png"]}, 21620),
+        ({"media_url": ["https:///a.png"]}, 21620),
+        ({"to": SUPPORT, "body": "a note to self"}, 21266),
+    ],
+    ids=["eleven-media", "media-not-a-url", "media-not-http", "media-without-host", "to-is-from"],
+)
+def test_bad_media_and_texts_to_oneself_are_refused(
+    harness: Harness, shared_sandbox: str, params: dict[str, Any], code: int
+) -> None:
+    # Twilio documents 21623 (more than 10 media), 21620 (a media URL that is not http(s)) and 21266
+    # ("'To' and 'From' numbers cannot be the same").
+    send = {"to": CUSTOMER, "from_": SUPPORT, **params}
+    with pytest.raises(TwilioRestException) as raised:
+        harness.client(shared_sandbox).messages.create(**send)
+    assert (raised.value.status, raised.value.code) == (400, code)
+
+
+def test_ten_media_urls_are_the_most_one_text_carries(harness: Harness, shared_sandbox: str) -> None:
+    pictures = [f"https://example.com/{n}.png" for n in range(10)]
+    message = harness.client(shared_sandbox).messages.create(to=CUSTOMER, from_=SUPPORT, media_url=pictures)
+    assert message.num_media == "10"
+
+
+def test_malformed_requests_get_twilios_4xx_not_a_500(shared_sandbox: str) -> None:
+    messages = f"/2010-04-01/Accounts/{ACCOUNT_SID}/Messages.json"
+    with httpx.Client(base_url=shared_sandbox) as http:
+        # Not ASCII, so not base64: base64 says so with a plain ValueError, not binascii.Error.
+        answer = http.get(messages, headers={b"Authorization": "Basic \u00e9\u00e9\u00e9\u00e9".encode("latin-1")})
+        assert (answer.status_code, answer.json()["code"]) == (401, 20003)
+    with httpx.Client(base_url=shared_sandbox, auth=(ACCOUNT_SID, TOKEN)) as http:
+        too_many = "&".join(f"x{n}=1" for n in range(1001))
+        answer = http.get(f"{messages}?{too_many}")
+        assert (answer.status_code, answer.json()["code"]) == (400, 20001)
+        # Dates a day from the ends of datetime's range: valid ISO 8601, but UTC is past the end.
+        for name, value in (("DateSent", "0001-01-01T00:00:00+01:00"), ("DateSent>", "9999-12-31T23:00:00-05:00")):
+            answer = http.get(messages, params={name: value})
+            assert (answer.status_code, answer.json()["code"]) == (400, 20001), (name, value)
+            assert set(answer.json()) == {"code", "message", "more_info", "status"}
+
+
+def test_a_sandbox_bug_is_logged_and_answered_as_twilios_500(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(self: Messaging, sid: str) -> None:
+        raise RuntimeError("a bug in the sandbox")
+
+    monkeypatch.setattr(Messaging, "get", broken)
+    url = harness.sandbox()
+    with caplog.at_level(logging.ERROR, logger="switchboard.sandbox"):
+        with pytest.raises(TwilioRestException) as raised:
+            harness.client(url).messages("SM" + "0" * 32).fetch()
+        with httpx.Client(base_url=url, auth=(ACCOUNT_SID, TOKEN)) as http:
+            answer = http.get(f"/2010-04-01/Accounts/{ACCOUNT_SID}/Messages/SM{'0' * 32}.json")
+    assert (raised.value.status, raised.value.code) == (500, 20500)
+    assert answer.status_code == 500 and answer.headers["content-type"] == "application/json"
+    assert answer.json() == {
+        "code": 20500,
+        "message": "An internal server error has occurred",
+        "more_info": "https://www.twilio.com/docs/errors/20500",
+        "status": 500,
+    }
+    logged = [r for r in caplog.records if r.exc_info and r.exc_info[0] is RuntimeError]
+    assert len(logged) == 2 and "fetch_message" in logged[0].getMessage()
+
+
+def test_unsupported_methods_on_known_paths_are_twilios_405(shared_sandbox: str) -> None:
+    messages = f"/2010-04-01/Accounts/{ACCOUNT_SID}/Messages.json"
+    with httpx.Client(base_url=shared_sandbox, auth=(ACCOUNT_SID, TOKEN)) as http:
+        answer = http.put(messages)
+        assert answer.status_code == 405
+        assert answer.json() == {
+            "code": 20004,
+            "message": "Method not allowed",
+            "more_info": "https://www.twilio.com/docs/errors/20004",
+            "status": 405,
+        }
+        assert set(answer.headers["allow"].split(", ")) == {"GET", "HEAD", "POST"}
+        assert http.patch(f"/2010-04-01/Accounts/{ACCOUNT_SID}/Recordings.json").json()["code"] == 20404
+    with httpx.Client(base_url=shared_sandbox) as http:
+        assert http.put(messages).status_code == 401  # credentials first, as on every API path
+
+
+# --- REST: the Media subresource and deleting ---------------------------------------------------------------
+
+
+def test_media_subresource_lists_and_fetches_a_messages_media(harness: Harness) -> None:
+    url = harness.sandbox()
+    client = harness.client(url)
+    pictures = [f"{url}/sandbox/media/a.png", "https://example.com/b.gif?size=large"]
+    message = client.messages.create(to=CUSTOMER, from_=SUPPORT, media_url=pictures)
+    listed = client.messages(message.sid).media.list()
+    assert [m.content_type for m in listed] == ["image/png", "image/gif"]
+    assert all(re.fullmatch(r"ME[0-9a-f]{32}", m.sid) for m in listed) and len({m.sid for m in listed}) == 2
+    assert all((m.parent_sid, m.account_sid) == (message.sid, ACCOUNT_SID) for m in listed)
+    assert [m.sid for m in client.messages(message.sid).media.list(page_size=1)] == [m.sid for m in listed]
+    one = client.messages(message.sid).media(listed[1].sid).fetch()
+    assert one.uri == f"/2010-04-01/Accounts/{ACCOUNT_SID}/Messages/{message.sid}/Media/{listed[1].sid}.json"
+    assert (one.content_type, one.date_created) == ("image/gif", message.date_created)
+    page = next(r for r in harness.responses if "/Media.json" in (r.request.url or ""))
+    assert set(page.json()) >= {"media_list", "uri", "first_page_uri", "next_page_uri", "page_size"}
+    assert set(page.json()["media_list"][0]) == schema_properties("api.v2010.account.message.media")
+    text = client.messages.create(to=CUSTOMER, from_=SUPPORT, body="no pictures")
+    assert client.messages(text.sid).media.list() == []
+    with pytest.raises(TwilioRestException) as raised:
+        client.messages(message.sid).media("ME" + "0" * 32).fetch()
+    assert (raised.value.status, raised.value.code) == (404, 20404)
+    with pytest.raises(TwilioException, match="20404"):
+        client.messages("MM" + "0" * 32).media.list()
+
+
+def test_delete_a_finished_message_but_not_one_still_going_out(harness: Harness) -> None:
+    client = harness.client(harness.sandbox(sent_delay=0.3))
+    going = client.messages.create(to=CUSTOMER, from_=SUPPORT, media_url=["https://example.com/a.png"])
+    (picture,) = client.messages(going.sid).media.list()
+    with pytest.raises(TwilioRestException) as raised:
+        client.messages(going.sid).delete()
+    assert (raised.value.status, raised.value.code) == (400, 20009)
+    with pytest.raises(TwilioRestException) as raised:
+        client.messages(going.sid).media(picture.sid).delete()
+    assert (raised.value.status, raised.value.code) == (400, 20009)
+    wait_until(lambda: client.messages(going.sid).fetch().status == "delivered")
+    assert client.messages(going.sid).media(picture.sid).delete() is True
+    assert client.messages(going.sid).media.list() == []
+    assert client.messages(going.sid).delete() is True
+    with pytest.raises(TwilioRestException) as raised:
+        client.messages(going.sid).fetch()
+    assert (raised.value.status, raised.value.code) == (404, 20404)
+    assert client.messages.list() == []
+    with pytest.raises(TwilioRestException) as raised:
+        client.messages(going.sid).delete()
+    assert (raised.value.status, raised.value.code) == (404, 20404)
+
+
 # --- REST: list and pagination ------------------------------------------------------------------------------
 
 
@@ -441,6 +580,60 @@ def test_status_callbacks_are_signed_and_in_lifecycle_order(harness: Harness) ->
     assert all(a["url"] == callback and a["ms"] >= 0 for a in log)
 
 
+@pytest.mark.parametrize(
+    "callback",
+    [
+        "http://exa mple.com/cb",
+        "http://[::1/cb",
+        "not a url",
+        "http:///cb",
+        "ftp://example.com/cb",
+        "http://under_score.example.com/cb",
+        "https://example.com:99999/cb",
+    ],
+)
+def test_a_status_callback_twilio_could_not_call_is_refused_with_21609(
+    harness: Harness, shared_sandbox: str, callback: str
+) -> None:
+    with pytest.raises(TwilioRestException) as raised:
+        harness.client(shared_sandbox).messages.create(to=CUSTOMER, from_=SUPPORT, body="hi", status_callback=callback)
+    assert (raised.value.status, raised.value.code) == (400, 21609)
+
+
+def test_callbacks_to_urls_with_spaces_and_accents_are_signed_as_sent(harness: Harness) -> None:
+    client = harness.client(harness.sandbox())
+    callback = harness.hook("accents") + "?name=José&note=a b"
+    client.messages.create(to=CUSTOMER, from_=SUPPORT, body="hi", status_callback=callback)
+    got = harness.receiver.wait_for(lambda seen: len(seen) >= 2, path=harness.path("accents"))
+    assert [r.param("MessageStatus") for r in got] == ["sent", "delivered"]
+    # httpx percent-encodes the query on the wire; the signature must cover that URL, the one received.
+    assert all(r.url.endswith("?name=Jos%C3%A9&note=a%20b") for r in got)
+    assert all(signature_ok(r) for r in got)
+
+
+async def test_a_url_httpx_cannot_parse_is_a_failed_attempt_not_a_crash() -> None:
+    async with httpx.AsyncClient() as http:
+        poster = WebhookPoster(http, TOKEN, config().clock)
+        attempt = await poster.post("http://[::1/cb", [("MessageSid", "SM" + "0" * 32)], "message-status")
+    assert attempt.status_code is None and (attempt.error or "").startswith("InvalidURL")
+    assert poster.attempts() == [attempt]
+
+
+def test_a_twiml_reply_with_a_broken_action_url_is_still_delivered(harness: Harness) -> None:
+    twiml = '<Response><Message action="http://[::1/status">Thanks!</Message></Response>'
+    harness.receiver.answers[harness.path("broken-action")] = Answer(body=twiml)
+    url = harness.sandbox(bridge_url=harness.receiver_url, sms_path=harness.path("broken-action"))
+    with httpx.Client(base_url=url) as http:
+        http.post("/sandbox/sms", data={"from": CUSTOMER, "to": SUPPORT, "body": "hello"})
+        reply = http.get("/sandbox/messages").json()[0]
+        assert reply["direction"] == "outbound-reply"
+        fetch = f"/2010-04-01/Accounts/{ACCOUNT_SID}/Messages/{reply['sid']}.json"
+        wait_until(lambda: http.get(fetch, auth=(ACCOUNT_SID, TOKEN)).json()["status"] == "delivered")
+        log = http.get("/sandbox/webhooks", params={"message_sid": reply["sid"]}).json()
+    assert [(a["message_status"], a["status_code"]) for a in log] == [("sent", None), ("delivered", None)]
+    assert all(a["error"].startswith("InvalidURL") for a in log)
+
+
 def test_failures_follow_the_configured_numbers(harness: Harness) -> None:
     landline, overflow = "+12125550147", "+13125550150"
     client = harness.client(harness.sandbox(unreachable_numbers={landline: 30006, overflow: 30001}))
@@ -514,22 +707,64 @@ def test_messaging_service_sends_start_accepted(harness: Harness) -> None:
     assert client.messages(message.sid).fetch().num_segments == "1"
 
 
-def test_cancel_a_queued_text_and_redact_a_delivered_one(harness: Harness) -> None:
-    client = harness.client(harness.sandbox(sent_delay=0.3))
+def test_only_a_scheduled_text_can_be_canceled_and_a_delivered_one_redacted(harness: Harness) -> None:
+    client = harness.client(harness.sandbox(messaging_service_sid=SERVICE, sent_delay=0.3))
     hook = harness.hook("cancel")
-    queued = client.messages.create(to=CUSTOMER, from_=SUPPORT, body="never mind", status_callback=hook)
-    assert client.messages(queued.sid).update(status="canceled").status == "canceled"
-    harness.receiver.wait_for(lambda seen: len(seen) >= 1, path=harness.path("cancel"))
-    delivered = client.messages.create(to=CUSTOMER, from_=SUPPORT, body="secret code 1234")
-    wait_until(lambda: client.messages(delivered.sid).fetch().status == "delivered")
-    assert client.messages(queued.sid).fetch().status == "canceled"  # it never went out
-    cancel_calls = harness.receiver.snapshot(harness.path("cancel"))
-    assert [r.param("MessageStatus") for r in cancel_calls] == ["canceled"]
-    assert client.messages(delivered.sid).update(body="").body == ""
-    assert client.messages(delivered.sid).fetch().body == ""
+    scheduled = client.messages.create(
+        to=CUSTOMER,
+        messaging_service_sid=SERVICE,
+        body="see you tomorrow",
+        schedule_type="fixed",
+        send_at=datetime.now(UTC) + timedelta(hours=1),
+        status_callback=hook,
+    )
+    assert (scheduled.status, scheduled.from_, scheduled.num_segments) == ("scheduled", None, "1")
+    assert client.messages(scheduled.sid).update(status="canceled").status == "canceled"
+    (canceled,) = harness.receiver.wait_for(lambda seen: len(seen) >= 1, path=harness.path("cancel"))
+    assert canceled.param("MessageStatus") == "canceled" and signature_ok(canceled)
+    # Twilio cancels only `scheduled` texts (error 30409): not one merely queued, nor one already sent.
+    queued = client.messages.create(to=CUSTOMER, from_=SUPPORT, body="secret code 1234")
     with pytest.raises(TwilioRestException) as raised:
-        client.messages(delivered.sid).update(status="canceled")
+        client.messages(queued.sid).update(status="canceled")
     assert (raised.value.status, raised.value.code) == (400, 30409)
+    wait_until(lambda: client.messages(queued.sid).fetch().status == "delivered")
+    with pytest.raises(TwilioRestException) as raised:
+        client.messages(queued.sid).update(status="canceled")
+    assert (raised.value.status, raised.value.code) == (400, 30409)
+    assert client.messages(queued.sid).update(body="").body == ""
+    assert client.messages(queued.sid).fetch().body == ""
+    assert client.messages(scheduled.sid).fetch().status == "canceled"  # it never went out
+    assert [r.param("MessageStatus") for r in harness.receiver.snapshot(harness.path("cancel"))] == ["canceled"]
+
+
+@pytest.mark.parametrize(
+    ("changes", "code"),
+    [
+        ({"messaging_service_sid": None, "from_": SUPPORT}, 35118),
+        ({"send_at": None}, 35111),
+        ({"send_at": timedelta(minutes=4)}, 35114),
+        ({"send_at": timedelta(days=36)}, 35114),
+        ({"send_at": "tomorrow"}, 35114),
+        ({"schedule_type": "whenever"}, 35126),
+    ],
+    ids=["no-service", "no-send-at", "too-soon", "too-late", "not-a-time", "not-fixed"],
+)
+def test_scheduling_needs_a_service_and_a_time_twilio_supports(
+    harness: Harness, shared_sandbox: str, changes: dict[str, Any], code: int
+) -> None:
+    params: dict[str, Any] = {
+        "to": CUSTOMER,
+        "messaging_service_sid": SERVICE,
+        "body": "later",
+        "schedule_type": "fixed",
+        "send_at": timedelta(hours=1),
+        **changes,
+    }
+    if isinstance(params["send_at"], timedelta):
+        params["send_at"] = datetime.now(UTC) + params["send_at"]
+    with pytest.raises(TwilioRestException) as raised:
+        harness.client(shared_sandbox).messages.create(**{k: v for k, v in params.items() if v is not None})
+    assert (raised.value.status, raised.value.code) == (400, code)
 
 
 # --- inbound texts ------------------------------------------------------------------------------------------
@@ -620,6 +855,21 @@ def test_injection_refuses_bad_numbers_with_one_line(
 ) -> None:
     with httpx.Client(base_url=shared_sandbox) as http:
         answer = http.post("/sandbox/sms", data=data)
+    assert answer.status_code == 400
+    assert answer.text.startswith(reason) and answer.text.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"[" * 100_000, "body is nested too deeply"),
+        (b'{"from": "+12125550123", "to": "+14155550100", "body": "x\\ud800y"}', "body is not valid Unicode"),
+        (b'{"from": "+12125550123", "to": "+14155550100", "media_url": ["\\udfff"]}', "media_url is not valid Unicode"),
+    ],
+    ids=["deep-nesting", "lone-surrogate-body", "lone-surrogate-media"],
+)
+def test_injection_refuses_json_it_cannot_use_with_one_line(shared_sandbox: str, content: bytes, reason: str) -> None:
+    answer = httpx.post(f"{shared_sandbox}/sandbox/sms", content=content, headers={"content-type": "application/json"})
     assert answer.status_code == 400
     assert answer.text.startswith(reason) and answer.text.count("\n") == 1
 

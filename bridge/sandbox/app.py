@@ -39,6 +39,9 @@ class SandboxState(TypedDict):
     callers: CallerTraffic
 
 
+ANY_METHOD = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+
 def webhooks_of(conn: HTTPConnection) -> WebhookPoster:
     return cast(WebhookPoster, conn.state.webhooks)
 
@@ -58,7 +61,9 @@ async def index(request: Request) -> Response:
             "endpoints": [
                 f"POST {API_ROOT}/Accounts/{{AccountSid}}/Messages.json",
                 f"GET {API_ROOT}/Accounts/{{AccountSid}}/Messages.json",
-                f"GET|POST {API_ROOT}/Accounts/{{AccountSid}}/Messages/{{Sid}}.json",
+                f"GET|POST|DELETE {API_ROOT}/Accounts/{{AccountSid}}/Messages/{{Sid}}.json",
+                f"GET {API_ROOT}/Accounts/{{AccountSid}}/Messages/{{Sid}}/Media.json",
+                f"GET|DELETE {API_ROOT}/Accounts/{{AccountSid}}/Messages/{{Sid}}/Media/{{MediaSid}}.json",
                 *voice_rest.endpoint_list(),
                 "POST /sandbox/sms (from, to, body, media_url)",
                 "GET /sandbox/messages (to, from)",
@@ -123,8 +128,10 @@ def create_sandbox_app(config: SandboxConfig) -> Starlette:
         *voice_rest.routes(),
         *callers.routes(),
         *media.routes(),
-        # Everything else under the API root is Twilio's authenticated 404.
-        Route(f"{API_ROOT}/{{rest:path}}", api_endpoint(unknown_resource), methods=["GET", "POST", "DELETE"]),
+        # Everything else under the API root, any method, after authentication: Twilio's 405 for one of the
+        # account's paths served with other methods, its 404 for the rest (and for other accounts' paths).
+        Route(f"{API_ROOT}/Accounts/{{account_sid}}/{{rest:path}}", api_endpoint(unknown_resource), methods=ANY_METHOD),
+        Route(f"{API_ROOT}/{{rest:path}}", api_endpoint(unknown_resource), methods=ANY_METHOD),
     ]
     return Starlette(routes=routes, lifespan=lifespan)
 

@@ -11,8 +11,8 @@ import random
 import xml.etree.ElementTree as ET
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, cast
 from urllib.parse import parse_qsl
@@ -30,23 +30,24 @@ from bridge.sandbox.rest import (
     Form,
     PageQuery,
     api_endpoint,
+    day_filter,
     new_sid,
     not_found,
     page_json,
     paginate,
-    parse_date_filter,
     query_form,
     read_form,
     rfc2822,
     rfc2822_or_none,
     twilio_json,
 )
-from bridge.sandbox.webhooks import WebhookAttempt, WebhookPoster
+from bridge.sandbox.webhooks import WebhookAttempt, WebhookPoster, is_web_url
 from bridge.segments import analyze
 
 log = logging.getLogger("switchboard.sandbox.messaging")
 
 MAX_BODY_CHARS = 1600
+MAX_MEDIA = 10
 INCOMING_MESSAGE = "incoming-message"
 MESSAGE_STATUS = "message-status"
 
@@ -68,6 +69,13 @@ CARRIER_ERRORS: dict[int, str] = {
 }
 FAILED_CODES = frozenset({30001, 30002})
 RANDOM_FAILURE_CODES = (30003, 30005, 30007, 30008)
+
+# Message Scheduling (Messaging Services only): SendAt from 5 minutes to 35 days ahead (error 35114's page).
+SCHEDULE_SOONEST = timedelta(seconds=300)
+SCHEDULE_LATEST = timedelta(days=35)
+
+# Statuses in which Twilio is still working on a text: it may not be deleted yet (error 20009).
+IN_FLIGHT = frozenset({"accepted", "scheduled", "queued", "sending", "receiving"})
 
 # US list prices: per SMS segment, per MMS.
 SMS_PRICE = Decimal("-0.00790")
@@ -142,8 +150,11 @@ def guess_content_type(url: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Media:
+    """One piece of a text's media; ``sid`` names it as Twilio's Media subresource (``ME…``)."""
+
     url: str
     content_type: str
+    sid: str = field(default_factory=lambda: new_sid("ME"))
 
 
 @dataclass(slots=True)
@@ -166,10 +177,27 @@ class Message:
     price: Decimal | None = None
     error_code: int | None = None
     status_callback: str | None = None
+    send_at: datetime | None = None
+    """When a ``scheduled`` text is due to be queued."""
 
     @property
     def uri(self) -> str:
         return f"{API_ROOT}/Accounts/{self.account_sid}/Messages/{self.sid}.json"
+
+    def media_item(self, sid: str) -> Media | None:
+        return next((item for item in self.media if item.sid == sid), None)
+
+    def media_json(self, item: Media) -> dict[str, Any]:
+        """Every field of the OpenAPI ``api.v2010.account.message.media`` schema for one of its media."""
+        return {
+            "account_sid": self.account_sid,
+            "content_type": item.content_type,
+            "date_created": rfc2822(self.date_created),
+            "date_updated": rfc2822(self.date_created),
+            "parent_sid": self.sid,
+            "sid": item.sid,
+            "uri": f"{API_ROOT}/Accounts/{self.account_sid}/Messages/{self.sid}/Media/{item.sid}.json",
+        }
 
     def to_json(self) -> dict[str, Any]:
         """Every field of the OpenAPI ``api.v2010.account.message`` schema, typed as Twilio types them."""
@@ -273,14 +301,22 @@ class Messaging:
             raise ApiError(400, 21602, "Message body is required.")
         if len(body) > MAX_BODY_CHARS:
             raise ApiError(400, 21617, "The concatenated message body exceeds the 1600 character limit.")
+        self._check_media(media_urls)
+        status_callback = self._check_status_callback(form.get("StatusCallback") or None)
         if service is not None:
             self._check_service(service)
+        send_at = self._check_schedule(form, service)
         to = self._check_to(to_given)
         from_number = self._check_from(from_given) if from_given else None
+        if from_number == to:
+            raise ApiError(400, 21266, "'To' and 'From' numbers cannot be the same.")
         self._check_reachable(to, from_number, service)
 
         now = self.config.clock()
         media = tuple(Media(url=url, content_type=guess_content_type(url)) for url in media_urls)
+        # Through a Messaging Service Twilio first answers `accepted`, with no sender and 0 segments yet; a
+        # scheduled text (always through a service) is `scheduled`, its segments counted, its sender not chosen.
+        status = "scheduled" if send_at else "accepted" if service else "queued"
         message = Message(
             sid=new_sid("MM" if media else "SM"),
             account_sid=self.config.account_sid,
@@ -288,18 +324,57 @@ class Messaging:
             from_=from_number,
             body=body,
             direction="outbound-api",
-            # Through a Messaging Service Twilio first answers `accepted`, with no sender and 0 segments yet.
-            status="accepted" if service else "queued",
+            status=status,
             date_created=now,
             date_updated=now,
-            num_segments=0 if service else self._segments(body, media),
+            num_segments=0 if status == "accepted" else self._segments(body, media),
             media=media,
             messaging_service_sid=service,
-            status_callback=form.get("StatusCallback") or None,
+            status_callback=status_callback,
+            send_at=send_at,
         )
         self.messages[message.sid] = message
         self._start(message)
         return message
+
+    @staticmethod
+    def _check_media(urls: Sequence[str]) -> None:
+        if len(urls) > MAX_MEDIA:
+            raise ApiError(400, 21623, f"Number of media files exceeds allowed limit: at most {MAX_MEDIA}.")
+        for url in urls:
+            if not is_web_url(url):
+                raise ApiError(400, 21620, f"Invalid media URL(s): {url[:200]}")
+
+    @staticmethod
+    def _check_status_callback(url: str | None) -> str | None:
+        """Refused at create, as Twilio does, rather than failing every callback later (or not being sendable)."""
+        if url is not None and not is_web_url(url):
+            raise ApiError(400, 21609, f"The StatusCallback URL {url[:200]} is not a valid URL.")
+        return url
+
+    def _check_schedule(self, form: Form, service: str | None) -> datetime | None:
+        """``ScheduleType=fixed`` with ``SendAt``: when the text is due, or None when it is not scheduled."""
+        schedule_type = form.get("ScheduleType") or None
+        if schedule_type is None:
+            return None
+        if schedule_type != "fixed":
+            raise ApiError(400, 35126, f"The ScheduleType {schedule_type[:20]!r} is not supported: use 'fixed'.")
+        if service is None:
+            raise ApiError(400, 35118, "MessagingServiceSid is required to schedule a message")
+        given = (form.get("SendAt") or "").strip()
+        if not given:
+            raise ApiError(400, 35111, "SendAt timestamp is missing")
+        window = "SendAt time must be between 300 seconds and 35 days (3024000 seconds) in the future"
+        try:
+            send_at = datetime.fromisoformat(given.replace("Z", "+00:00"))
+            if send_at.tzinfo is None:
+                send_at = send_at.replace(tzinfo=UTC)
+            ahead = send_at - self.config.clock()
+        except (ValueError, OverflowError):
+            raise ApiError(400, 35114, f"Scheduling does not support this timestamp: {window}.") from None
+        if not SCHEDULE_SOONEST <= ahead <= SCHEDULE_LATEST:
+            raise ApiError(400, 35114, f"Scheduling does not support this timestamp: {window}.")
+        return send_at
 
     def _check_service(self, service: str) -> None:
         if not MESSAGING_SERVICE_PATTERN.match(service):
@@ -404,9 +479,10 @@ class Messaging:
 
     async def _deliver(self, message: Message, plan: DeliveryPlan) -> None:
         """queued → sent → delivered (or failed / undelivered), with a status callback for each step."""
-        if message.status == "accepted":
-            await asyncio.sleep(self.config.accepted_delay)
-            if message.status != "accepted":
+        if message.status in ("accepted", "scheduled"):
+            waiting = message.status
+            await asyncio.sleep(self._wait_to_queue(message))
+            if message.status != waiting:
                 return  # canceled meanwhile
             # Sticky sender: the service answers from the number this customer last texted.
             default = self.config.support_numbers[0]
@@ -433,6 +509,12 @@ class Messaging:
         if message.status == "delivered":
             for hook in self.delivered_hooks:
                 hook(message)
+
+    def _wait_to_queue(self, message: Message) -> float:
+        """Seconds an ``accepted`` text waits for its service, or a ``scheduled`` one for its ``SendAt``."""
+        if message.send_at is None:
+            return self.config.accepted_delay
+        return max(0.0, (message.send_at - self.config.clock()).total_seconds())
 
     def status_params(self, message: Message) -> list[tuple[str, str]]:
         """A status callback's parameters for the message as it is now, as Twilio sends them."""
@@ -467,7 +549,7 @@ class Messaging:
             await self.webhooks.post(message.status_callback, payload, MESSAGE_STATUS)
 
     def update(self, sid: str, form: Form, path: str) -> Message:
-        """``POST Messages/{Sid}.json``: ``Body=""`` redacts; ``Status=canceled`` stops an unsent text."""
+        """``POST Messages/{Sid}.json``: ``Body=""`` redacts; ``Status=canceled`` stops a scheduled text."""
         message = self.messages.get(sid)
         if message is None:
             raise not_found(path)
@@ -483,11 +565,34 @@ class Messaging:
             return message
         if status != "canceled":
             raise ApiError(400, 30400, f"Parameters are not valid: Status {status!r} is not 'canceled'.")
-        if message.status not in ("accepted", "queued", "scheduled"):
+        # Only a text still waiting for its SendAt: once queued it is Twilio's to send (error 30409's page).
+        if message.status != "scheduled":
             raise ApiError(400, 30409, "This message cannot be canceled")
         self._set_status(message, "canceled")
         task = asyncio.create_task(self._callback(message), name=f"canceled {message.sid}")
         self._track(task)
+        return message
+
+    def delete(self, sid: str, path: str) -> None:
+        """``DELETE Messages/{Sid}.json``: forget a text, and its media with it, once Twilio is done with it."""
+        message = self._finished_message(sid, path)
+        del self.messages[message.sid]
+
+    def delete_media(self, message_sid: str, media_sid: str, path: str) -> None:
+        """``DELETE Messages/{MessageSid}/Media/{Sid}.json``: the media goes, the text stays."""
+        message = self._finished_message(message_sid, path)
+        if message.media_item(media_sid) is None:
+            raise not_found(path)
+        message.media = tuple(item for item in message.media if item.sid != media_sid)
+
+    def _finished_message(self, sid: str, path: str) -> Message:
+        message = self.messages.get(sid)
+        if message is None:
+            raise not_found(path)
+        # Twilio's 20009: "You attempted to delete a call or message resource before it was completed." The
+        # sandbox reads "completed" as past every in-flight status (`sent` is only waiting for its receipt).
+        if message.status in IN_FLIGHT:
+            raise ApiError(400, 20009, "Cannot delete this resource before it is complete")
         return message
 
     # --- inbound --------------------------------------------------------------------------------------------
@@ -660,30 +765,61 @@ async def update_message(request: Request) -> Response:
     return twilio_json(message.to_json())
 
 
+async def delete_message(request: Request) -> Response:
+    """DELETE /2010-04-01/Accounts/{AccountSid}/Messages/{Sid}.json"""
+    messaging_of(request).delete(request.path_params["sid"], request.url.path)
+    return Response(status_code=204)
+
+
 async def list_messages(request: Request) -> Response:
     """GET /2010-04-01/Accounts/{AccountSid}/Messages.json: newest first, filtered, paged as Twilio pages."""
     form = query_form(request)
     query = PageQuery.from_form(form)
     messages = messaging_of(request).newest_first(to=form.get("To") or None, from_=form.get("From") or None)
-    on = form.get("DateSent")
-    before = form.get("DateSent<")
-    after = form.get("DateSent>")
-    if on or before or after:
-        day_on = parse_date_filter(on, "DateSent") if on else None
-        day_before = parse_date_filter(before, "DateSent<") if before else None
-        day_after = parse_date_filter(after, "DateSent>") if after else None
-        # Filters are inclusive days ("on and before", "on and after"); unsent texts have no date to match.
-        messages = [
-            m
-            for m in messages
-            if m.date_sent is not None
-            and (day_on is None or m.date_sent.date() == day_on)
-            and (day_before is None or m.date_sent.date() <= day_before)
-            and (day_after is None or m.date_sent.date() >= day_after)
-        ]
+    sent_on = day_filter(form, "DateSent")
+    if sent_on is not None:
+        messages = [m for m in messages if sent_on(m.date_sent)]
     page = paginate(messages, lambda m: m.sid, query)
     path = f"{API_ROOT}/Accounts/{request.path_params['account_sid']}/Messages.json"
     return twilio_json(page_json("messages", page, Message.to_json, lambda m: m.sid, path, _filters(form)))
+
+
+def _parent(request: Request) -> Message:
+    """The message a Media request is about; Twilio's 404 for the whole path when there is none."""
+    message = messaging_of(request).get(request.path_params["message_sid"])
+    if message is None:
+        raise not_found(request.url.path)
+    return message
+
+
+async def list_media(request: Request) -> Response:
+    """GET /2010-04-01/Accounts/{AccountSid}/Messages/{MessageSid}/Media.json: in the order they were given."""
+    form = query_form(request)
+    query = PageQuery.from_form(form)
+    message = _parent(request)
+    created_on = day_filter(form, "DateCreated")
+    media = [m for m in message.media if created_on is None or created_on(message.date_created)]
+    page = paginate(media, lambda m: m.sid, query)
+    path = f"{API_ROOT}/Accounts/{message.account_sid}/Messages/{message.sid}/Media.json"
+    names = ("DateCreated", "DateCreated<", "DateCreated>")
+    filters = [(name, value) for name in names if (value := form.get(name))]
+    return twilio_json(page_json("media_list", page, message.media_json, lambda m: m.sid, path, filters))
+
+
+async def fetch_media(request: Request) -> Response:
+    """GET /2010-04-01/Accounts/{AccountSid}/Messages/{MessageSid}/Media/{Sid}.json"""
+    message = _parent(request)
+    item = message.media_item(request.path_params["sid"])
+    if item is None:
+        raise not_found(request.url.path)
+    return twilio_json(message.media_json(item))
+
+
+async def delete_media(request: Request) -> Response:
+    """DELETE /2010-04-01/Accounts/{AccountSid}/Messages/{MessageSid}/Media/{Sid}.json"""
+    params = request.path_params
+    messaging_of(request).delete_media(params["message_sid"], params["sid"], request.url.path)
+    return Response(status_code=204)
 
 
 # --- sandbox control endpoints (no Twilio equivalent; for tests, demos and people) --------------------------
@@ -701,6 +837,8 @@ async def _injection_fields(request: Request) -> tuple[str, str, str, list[str]]
             payload = json.loads(raw or b"{}")
         except (ValueError, UnicodeDecodeError):
             raise BadInjection("body is not valid JSON") from None
+        except RecursionError:
+            raise BadInjection("body is nested too deeply") from None
         if not isinstance(payload, dict):
             raise BadInjection("a JSON body must be an object with from, to and body")
         media = payload.get("media_url") or []
@@ -711,6 +849,8 @@ async def _injection_fields(request: Request) -> tuple[str, str, str, list[str]]
         values = [payload.get(k, "") for k in ("from", "to", "body")]
         if not all(isinstance(v, str) for v in values):
             raise BadInjection("from, to and body must be strings")
+        for name, value in (*zip(("from", "to", "body"), values, strict=True), *(("media_url", m) for m in media)):
+            _check_unicode(name, value)
         return str(values[0]), str(values[1]), str(values[2]), list(media)
     try:
         form = Form(parse_qsl(raw.decode("utf-8"), keep_blank_values=True, max_num_fields=200))
@@ -719,6 +859,14 @@ async def _injection_fields(request: Request) -> tuple[str, str, str, list[str]]
     except ValueError:
         raise BadInjection("too many form fields") from None
     return form.get("from") or "", form.get("to") or "", form.get("body") or "", form.getlist("media_url")
+
+
+def _check_unicode(name: str, value: str) -> None:
+    """JSON's ``\\ud800`` escapes make lone surrogates, which no webhook (form-encoded UTF-8) can carry."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadInjection(f"{name} is not valid Unicode: it has a lone surrogate") from None
 
 
 async def inject_sms(request: Request) -> Response:
@@ -766,11 +914,16 @@ async def sandbox_messages(request: Request) -> Response:
 
 def routes() -> list[Route]:
     account = f"{API_ROOT}/Accounts/{{account_sid}}"
+    media = f"{account}/Messages/{{message_sid}}/Media"
     return [
         Route(f"{account}/Messages.json", api_endpoint(create_message), methods=["POST"]),
         Route(f"{account}/Messages.json", api_endpoint(list_messages), methods=["GET"]),
         Route(f"{account}/Messages/{{sid}}.json", api_endpoint(fetch_message), methods=["GET"]),
         Route(f"{account}/Messages/{{sid}}.json", api_endpoint(update_message), methods=["POST"]),
+        Route(f"{account}/Messages/{{sid}}.json", api_endpoint(delete_message), methods=["DELETE"]),
+        Route(f"{account}/Messages/{{message_sid}}/Media.json", api_endpoint(list_media), methods=["GET"]),
+        Route(f"{media}/{{sid}}.json", api_endpoint(fetch_media), methods=["GET"]),
+        Route(f"{media}/{{sid}}.json", api_endpoint(delete_media), methods=["DELETE"]),
         Route("/sandbox/sms", inject_sms, methods=["POST"]),
         Route("/sandbox/messages", sandbox_messages, methods=["GET"]),
     ]

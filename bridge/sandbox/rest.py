@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import base64
-import binascii
 import hmac
+import logging
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -15,6 +15,7 @@ from urllib.parse import parse_qsl, urlencode
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Match, Route
 
 from bridge.sandbox.config import SandboxConfig, config_of
 
@@ -28,6 +29,8 @@ MAX_PAGE_SIZE = 1000
 
 Record = TypeVar("Record")
 Endpoint = Callable[[Request], Awaitable[Response]]
+
+log = logging.getLogger("switchboard.sandbox.rest")
 
 
 class ApiError(Exception):
@@ -135,9 +138,12 @@ async def read_form(request: Request) -> Form:
 
 
 def query_form(request: Request) -> Form:
-    """The query string as pairs, repeated keys kept, the same way bodies are read."""
+    """The query string as pairs, repeated keys kept, the same way bodies are read (and refused)."""
     raw = request.scope.get("query_string", b"").decode("latin-1")
-    return Form(parse_qsl(raw, keep_blank_values=True, max_num_fields=MAX_FORM_FIELDS))
+    try:
+        return Form(parse_qsl(raw, keep_blank_values=True, max_num_fields=MAX_FORM_FIELDS))
+    except ValueError:  # more than MAX_FORM_FIELDS fields
+        raise ApiError(400, 20001, "Unable to parse query string") from None
 
 
 # --- authentication -----------------------------------------------------------------------------------------
@@ -174,7 +180,9 @@ def authenticate(request: Request, config: SandboxConfig) -> Principal:
     try:
         decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
         username, sep, password = decoded.partition(":")
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:
+        # binascii.Error for bad base64, UnicodeDecodeError for bad UTF-8, and a bare ValueError when the
+        # header is not even ASCII: all of them are just wrong credentials.
         raise _unauthorized() from None
     if not sep:
         raise _unauthorized()
@@ -201,7 +209,12 @@ def authorize(principal: Principal, path_account_sid: str, path: str) -> None:
 
 
 def api_endpoint(handler: Endpoint) -> Endpoint:
-    """Wrap a resource handler: authenticate, check the path's AccountSid, turn ApiError into Twilio JSON."""
+    """Wrap a resource handler: authenticate, check the path's AccountSid, turn ApiError into Twilio JSON.
+
+    Anything else a handler raises is a sandbox bug, never the client's doing: it is logged with its traceback
+    and answered as Twilio answers its own failures (20500, in the v2010 shape), so an SDK sees a
+    TwilioRestException rather than a plain-text 500 it cannot parse.
+    """
 
     async def endpoint(request: Request) -> Response:
         try:
@@ -210,6 +223,9 @@ def api_endpoint(handler: Endpoint) -> Endpoint:
             return await handler(request)
         except ApiError as error:
             return error.response()
+        except Exception:
+            log.exception("sandbox bug: %s failed on %s %s", handler.__name__, request.method, request.url.path)
+            return ApiError(500, 20500, "An internal server error has occurred").response()
 
     endpoint.__name__ = handler.__name__
     endpoint.__doc__ = handler.__doc__
@@ -217,8 +233,25 @@ def api_endpoint(handler: Endpoint) -> Endpoint:
 
 
 async def unknown_resource(request: Request) -> Response:
-    """Anything under /2010-04-01 the sandbox does not implement: Twilio's 404, after authentication."""
+    """Anything under /2010-04-01 no other route answers, after authentication.
+
+    A path some route serves with other methods gets Twilio's 405 (20004) naming them; any other path is
+    Twilio's 404. Starlette's own 405 would be plain text, which SDKs cannot read as a Twilio error.
+    """
+    allowed = _methods_elsewhere(request)
+    if allowed:
+        raise ApiError(405, 20004, "Method not allowed", headers={"Allow": ", ".join(sorted(allowed))})
     raise not_found(request.url.path)
+
+
+def _methods_elsewhere(request: Request) -> set[str]:
+    """The methods of the routes whose path matches this request but whose methods do not."""
+    router = request.scope.get("router")
+    methods: set[str] = set()
+    for route in getattr(router, "routes", ()):
+        if isinstance(route, Route) and route.methods and route.matches(request.scope)[0] == Match.PARTIAL:
+            methods |= route.methods
+    return methods
 
 
 # --- pagination ---------------------------------------------------------------------------------------------
@@ -355,4 +388,33 @@ def parse_date_filter(text: str, name: str) -> date:
             raise ApiError(400, 20001, f"{name} is not a date: {value[:64]!r}") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).date()
+    try:
+        return moment.astimezone(UTC).date()
+    except OverflowError:  # 0001-01-01T00:00:00+01:00 is a valid date whose UTC day is before year 1
+        raise ApiError(400, 20001, f"{name} is out of range: {value[:64]!r}") from None
+
+
+def day_filter(form: Form, name: str) -> Callable[[datetime | None], bool] | None:
+    """``name``, ``name<`` and ``name>`` (inclusive days: "on", "on and before", "on and after") as one test.
+
+    None when the request uses none of the three. A resource without that date (an unsent text has no
+    ``DateSent``) matches no filter.
+    """
+    on, before, after = (form.get(name + suffix) for suffix in ("", "<", ">"))
+    if not (on or before or after):
+        return None
+    day_on = parse_date_filter(on, name) if on else None
+    day_before = parse_date_filter(before, f"{name}<") if before else None
+    day_after = parse_date_filter(after, f"{name}>") if after else None
+
+    def matches(moment: datetime | None) -> bool:
+        if moment is None:
+            return False
+        day = moment.astimezone(UTC).date()
+        return (
+            (day_on is None or day == day_on)
+            and (day_before is None or day <= day_before)
+            and (day_after is None or day >= day_after)
+        )
+
+    return matches

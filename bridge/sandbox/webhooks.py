@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
 import time
 import uuid
 from collections import deque
@@ -19,6 +21,35 @@ from bridge.signature import compute_signature
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded; charset=UTF-8"
 USER_AGENT = "TwilioProxy/1.1"
 RESPONSE_KEEP_CHARS = 4000
+MAX_URL_CHARS = 4000
+# A DNS name: dot-separated labels of letters, digits and inner hyphens. No underscores: Twilio refuses them in
+# a StatusCallback's host name (its error 21609 documentation).
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST_NAME = re.compile(rf"(?:{_LABEL}\.)*{_LABEL}\.?")
+
+
+def is_web_url(url: str) -> bool:
+    """Whether Twilio could fetch or post to ``url``: http(s), a valid host name or IP address, a valid port.
+
+    Parsed the way the poster's httpx will parse it, so a URL accepted here can always be sent (or at least
+    fail as a connection would). Non-ASCII and spaces in the path or query are fine: httpx percent-encodes them.
+    """
+    if len(url) > MAX_URL_CHARS:
+        return False
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, UnicodeError):  # UnicodeError: a lone surrogate, which UTF-8 cannot encode
+        return False
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        return False
+    if parsed.port is not None and not 0 < parsed.port < 65536:
+        return False
+    host = parsed.raw_host.decode("ascii", "replace")  # IDNA-encoded: xn--… for a non-ASCII name
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return _HOST_NAME.fullmatch(host) is not None
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,9 +148,6 @@ class WebhookPoster:
                 target = f"{target}{'&' if '?' in target else '?'}{urlencode(params)}"
             body, signed = None, ()
         token = str(uuid.uuid4())
-        headers = self.headers_for(target, signed, token)
-        if body is None:
-            del headers["Content-Type"]
         at = self.clock()
         started = time.perf_counter()
         status: int | None = None
@@ -127,11 +155,19 @@ class WebhookPoster:
         content_type = ""
         text = ""
         try:
+            # Sign exactly the URL httpx sends: it percent-encodes spaces and non-ASCII in the path and query,
+            # and a receiver can only rebuild the URL it received.
+            target = str(httpx.URL(target))
+            headers = self.headers_for(target, signed, token)
+            if body is None:
+                del headers["Content-Type"]
             response = await self.http.request(method, target, content=body, headers=headers, timeout=self.timeout)
             status = response.status_code
             content_type = response.headers.get("content-type", "")
             text = response.text
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL, UnicodeError) as exc:
+            # InvalidURL is not an HTTPError (nor is the UnicodeError of a URL with a lone surrogate): a URL
+            # httpx cannot parse must fail this attempt, not the delivery task or call that made it.
             error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         attempt = WebhookAttempt(
             at=at,
