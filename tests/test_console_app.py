@@ -39,6 +39,13 @@ def text_of(strips: list[Strip]) -> str:
     return "\n".join("".join(segment.text for segment in strip) for strip in strips)
 
 
+def inbox_row(app: SwitchboardApp, conversation_id: str) -> str:
+    """The inbox's line for that conversation, as drawn."""
+    inbox = app.query_one(ConversationList)
+    [index] = [i for i, row in inbox._rows.items() if row.id == conversation_id]
+    return text_of([inbox.render_line(index * inbox.per_row - int(inbox.scroll_offset.y))])
+
+
 @pytest.fixture
 def cache(tmp_path: Path) -> Cache:
     cache = Cache(tmp_path / "cache.db")
@@ -849,6 +856,7 @@ async def test_a_draft_outlives_the_console(cache: Cache) -> None:
         assert not app.is_running and link.sent == []
     async with linked(cache, notifications=True) as (app, pilot, link):
         assert any("A draft" in str(n.message) or "2 drafts" in str(n.message) for n in app._notifications)
+        assert "✎ Half a repl" in inbox_row(app, cid)  # the inbox marks it, with the reply over the note
         assert await _open_third(pilot, app) == cid
         assert app.main.composer.text == "Half a repl" and not app.main.composer.note_mode
         await pilot.press("escape", "m")
@@ -871,11 +879,13 @@ async def test_drafts_are_saved_while_typing(cache: Cache, monkeypatch: pytest.M
         await pilot.press(*"Your refund is on its way")
         await settle(pilot)
         assert DraftFile(path).load() == {(cid, False): "Your refund is on its way"}
+        assert "✎ Your refund i" in inbox_row(app, cid)
         monkeypatch.setattr(main, "DRAFTS_SAVED_AFTER", 60.0)  # from here only a send saves at once
         await pilot.press("enter")
         await settle(pilot)
         assert [c.args["body"] for c in link.sent] == ["Your refund is on its way"]
         assert DraftFile(path).load() == {}
+        assert "✎" not in inbox_row(app, cid)
 
 
 async def test_unreadable_saved_drafts_are_put_aside_and_said(cache: Cache) -> None:

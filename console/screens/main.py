@@ -628,23 +628,31 @@ class MainScreen(CallControls, Screen[None]):
             self.notify(file.problem, severity="warning", timeout=10)
         if drafts:
             self.composer.keep(drafts)
+            self._show_drafts()
             some = "A draft" if len(drafts) == 1 else f"{len(drafts)} drafts"
             self.notify(f"{some} from last time: back in {'its' if len(drafts) == 1 else 'their'} conversation's box.")
 
     def on_composer_drafts_changed(self, event: Composer.DraftsChanged) -> None:
         event.stop()
+        self._show_drafts()  # a row's repaint, and only when a draft starts, ends or its first line changes
         if self._drafts_timer is None:
             self._drafts_timer = self.set_timer(DRAFTS_SAVED_AFTER, self.save_drafts)
+
+    def _show_drafts(self) -> None:
+        """The inbox marks the conversations with a draft (a reply's over a note's)."""
+        drafts = sorted(self.composer.drafts().items(), key=lambda item: not item[0][1])  # notes, then replies
+        self.inbox.show_drafts({cid: text for (cid, _note), text in drafts})
 
     def save_drafts(self) -> None:
         """Save what is written now (a small file: see ``console.drafts``); a failure is said once, not per key."""
         if self._drafts_timer is not None:
             self._drafts_timer.stop()
             self._drafts_timer = None
-        file = self.console_app.draft_file
-        if file is None:
-            return
         with contextlib.suppress(NoMatches):  # the screen is being taken down: what was saved last stands
+            self._show_drafts()
+            file = self.console_app.draft_file
+            if file is None:
+                return
             file.save(self.composer.drafts())
             if file.problem is not None and file.problem != self._drafts_problem:
                 self.notify(f"{file.problem} Drafts are kept in this console until it quits.", severity="error")
