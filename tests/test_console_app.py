@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import re
 import time
@@ -18,6 +19,7 @@ from textual import events
 from textual.binding import Binding
 from textual.pilot import Pilot
 from textual.strip import Strip
+from textual.worker import WorkerCancelled
 
 from bridge import protocol
 from console.app import SwitchboardApp
@@ -80,7 +82,8 @@ async def settle(pilot: Pilot[Any]) -> None:
     """Let thread workers answer and their messages repaint (bounded: every query here takes milliseconds)."""
     for _ in range(5):
         await pilot.pause(0.05)
-        await pilot.app.workers.wait_for_complete()
+        with contextlib.suppress(WorkerCancelled):  # an exclusive worker replaced by a newer one: as it should be
+            await pilot.app.workers.wait_for_complete()
     await pilot.pause(0.05)
 
 
