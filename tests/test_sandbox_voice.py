@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import io
@@ -15,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 import requests
+from starlette.types import Receive, Scope, Send
 from twilio.base.exceptions import TwilioRestException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.request_validator import RequestValidator
@@ -81,6 +83,8 @@ class Harness:
     responses: list[requests.Response] = field(default_factory=list)
     prefix: str = field(default_factory=lambda: f"/v{uuid.uuid4().hex[:8]}")
     url: str = ""
+    voice: Voice | None = None
+    loop: asyncio.AbstractEventLoop | None = None
 
     def sandbox(self, **changes: Any) -> Client:
         sock = bound_socket()
@@ -91,7 +95,15 @@ class Harness:
             public_url=socket_url(sock),
             **changes,
         )
-        self.url = self.stack.enter_context(run_app_in_thread(create_sandbox_app(cfg), sock=sock))
+        app = create_sandbox_app(cfg)
+
+        async def spy(scope: Scope, receive: Receive, send: Send) -> None:
+            # The sandbox's voice world, caught from a request, so a test can ask it whether it went idle.
+            if scope["type"] == "http" and self.voice is None:
+                self.voice, self.loop = scope["state"]["voice"], asyncio.get_running_loop()
+            await app(scope, receive, send)
+
+        self.url = self.stack.enter_context(run_app_in_thread(spy, sock=sock))
         http = TwilioHttpClient(request_hooks={"response": [self._record]})
         self.stack.callback(lambda: http.session.close() if http.session is not None else None)
         client = Client(ACCOUNT_SID, TOKEN, http_client=http)
@@ -127,6 +139,13 @@ class Harness:
 
     def state(self, call_sid: str) -> dict[str, Any]:
         return next(c for c in self.control("GET", "/sandbox/calls").json() if c["sid"] == call_sid)
+
+    def idle(self, timeout: float = 3.0) -> None:
+        """Wait until the sandbox's voice has no task left (calls, timers, callbacks); fail after ``timeout``."""
+        self.control("GET", "/sandbox/calls")  # any request lets the spy catch the voice world
+        assert self.voice is not None and self.loop is not None
+        done = asyncio.run_coroutine_threadsafe(self.voice.idle(timeout), self.loop)
+        done.result(timeout=timeout + 2.0)
 
 
 @pytest.fixture
@@ -594,3 +613,175 @@ def test_config_refuses_nonsense_voice_settings() -> None:
     with pytest.raises(ValueError, match="voice_reorder_callback_share"):
         config(voice_reorder_callback_share=2.0)
     assert config(bridge_url="http://127.0.0.1:8080").voice_status_url == "http://127.0.0.1:8080/twilio/voice/status"
+
+
+# --- edges: side documents, bad input, legs that move, limits, leaks ----------------------------------------
+
+
+def _conference_of_two(harness: Harness, client: Client, **alice: Any) -> tuple[str, str, str]:
+    """alice and bob, both phones, in a started room; (conference SID, alice's CallSid, bob's CallSid)."""
+    first = client.conferences("room").participants.create(from_=SUPPORT, to="client:alice", label="alice", **alice)
+    second = client.conferences("room").participants.create(from_=SUPPORT, to="client:bob", label="bob")
+    sid = first.conference_sid
+    wait_until(lambda: client.conferences(sid).fetch().status == "in-progress")
+    return sid, first.call_sid, second.call_sid
+
+
+def test_audio_hold_music_loops_without_schema_errors(harness: Harness) -> None:
+    """A HoldUrl "may return an MP3 file, a WAV file, or a TwiML document": audio is music, not a hangup."""
+    client = harness.sandbox()
+    harness.receiver.answers[harness.path("music.mp3")] = Answer(body="ID3-not-really", content_type="audio/mpeg")
+    conference_sid, alice, _ = _conference_of_two(harness, client)
+    client.conferences(conference_sid).participants("alice").update(hold=True, hold_url=harness.hook("music.mp3"))
+    harness.wait("music.mp3", lambda seen: len(seen) >= 3)
+    state = harness.state(alice)
+    assert (state["status"], state["hearing"], state["errors"]) == ("in-progress", "hold music", [])
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '<Say loop="inf">hi</Say>',
+        '<Say loop="nan">hi</Say>',
+        '<Play loop="1e400">x.mp3</Play>',
+        '<Gather numDigits="inf"/>',
+        '<Pause length="nan"/>',
+        '<Dial timeLimit="inf">+13125550150</Dial>',
+        "<Gather>" * 1200 + "</Gather>" * 1200,
+    ],
+)
+def test_twiml_refuses_non_finite_numbers_and_nested_gathers(body: str) -> None:
+    with pytest.raises(twiml.TwimlError) as raised:
+        twiml.parse(f"<Response>{body}</Response>")
+    assert raised.value.code == twiml.SCHEMA_ERROR
+
+
+def test_unusable_urls_are_twilio_errors_not_crashes(harness: Harness) -> None:
+    client = harness.sandbox()
+    for url in ("http://[::1/status", "http://example.com:port/status", "http://127.0.0.1:99999/", "ftp://h/"):
+        with pytest.raises(TwilioRestException) as raised:
+            client.calls.create(to=AGENT, from_=SUPPORT, twiml="<Response/>", status_callback=url)
+        assert (raised.value.status, raised.value.code) == (400, 21205)
+    with pytest.raises(TwilioRestException) as raised:
+        client.calls.create(to=AGENT, from_=SUPPORT, url="http://[::1/twiml")
+    assert (raised.value.status, raised.value.code) == (400, 21205)
+    documents = {
+        "<Response><Redirect>http://[::1/x</Redirect></Response>": "11100",
+        '<Response><Say loop="nan">hi</Say><Pause length="600"/></Response>': "12200",
+    }
+    calls = {client.calls.create(to=AGENT, from_=SUPPORT, twiml=doc).sid: code for doc, code in documents.items()}
+    wait_until(lambda: all(harness.state(sid)["status"] == "completed" for sid in calls))
+    assert {sid: harness.state(sid)["errors"][0][:5] for sid in calls} == calls
+
+
+def test_a_sandbox_failure_while_loading_twiml_is_an_application_error(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever goes wrong getting a document, the call hears the apology (12100) instead of going silent."""
+    client = harness.sandbox()
+
+    def broken(text: str | bytes) -> list[twiml.Verb]:
+        raise RuntimeError("a bug in the sandbox")
+
+    monkeypatch.setattr(twiml, "parse", broken)
+    call = client.calls.create(to=AGENT, from_=SUPPORT, twiml="<Response><Pause length='600'/></Response>")
+    wait_until(lambda: harness.state(call.sid)["status"] == "completed")
+    assert harness.state(call.sid)["errors"][0].startswith("12100")
+
+
+def test_redirecting_a_dial_child_leg_moves_it_and_ends_the_parents_dial(harness: Harness) -> None:
+    client = harness.sandbox()
+    harness.answer("moved", "<Say>You have been moved</Say><Pause length='600'/>")
+    dial = f'<Response><Dial action="{harness.hook("dialed")}"><Client>bob</Client></Dial></Response>'
+    parent = client.calls.create(to=AGENT, from_=SUPPORT, twiml=dial)
+    wait_until(lambda: harness.state(parent.sid)["bridged_with"] is not None)
+    child = harness.state(parent.sid)["bridged_with"]
+    client.calls(child).update(url=harness.hook("moved"), method="POST")
+    (moved,) = harness.wait("moved", lambda seen: len(seen) >= 1)
+    assert (moved.param("CallSid"), moved.param("ParentCallSid")) == (child, parent.sid)
+    (dialed,) = harness.wait("dialed", lambda seen: len(seen) >= 1)
+    assert (dialed.param("DialCallStatus"), dialed.param("DialCallSid")) == ("completed", child)
+    wait_until(lambda: harness.state(parent.sid)["status"] == "completed")
+    time.sleep(0.05)
+    assert client.calls(child).fetch().status == "in-progress"
+    assert harness.state(child)["verb"] in ("Say", "Pause") and harness.state(child)["bridged_with"] is None
+    client.calls(child).update(status="completed")
+
+
+def test_an_announcement_ends_with_its_call_and_never_outlives_the_conference(harness: Harness) -> None:
+    client = harness.sandbox()
+    harness.answer("announce", '<Pause length="40"/>')
+    harness.answer("forever", '<Play loop="0">http://example.com/a.mp3</Play>')
+    events = ["join", "leave", "end", "announcement"]
+    conference_sid, alice, bob = _conference_of_two(
+        harness, client, conference_status_callback=harness.hook("room"), conference_status_callback_event=events
+    )
+    client.conferences(conference_sid).participants("alice").update(announce_url=harness.hook("announce"))
+    client.conferences(conference_sid).participants("bob").update(announce_url=harness.hook("forever"))
+    harness.wait("announce", lambda seen: len(seen) >= 1)
+    harness.wait("forever", lambda seen: len(seen) >= 1)
+    client.calls(alice).update(status="completed")
+    client.calls(bob).update(status="completed")
+    harness.wait("room", lambda seen: "conference-end" in params(seen, "StatusCallbackEvent"))
+    harness.idle()  # nothing left playing to calls that are over
+    names = params(harness.seen("room"), "StatusCallbackEvent")
+    assert names[-1] == "conference-end" and "announcement-end" not in names
+
+
+def test_dial_time_limit_cuts_the_bridge_and_runs_the_action(harness: Harness) -> None:
+    client = harness.sandbox()
+    dial = f'<Response><Dial timeLimit="5" action="{harness.hook("dialed")}"><Client>bob</Client></Dial></Response>'
+    client.calls.create(to=AGENT, from_=SUPPORT, twiml=dial)
+    (dialed,) = harness.wait("dialed", lambda seen: len(seen) >= 1)
+    assert dialed.param("DialCallStatus") == "completed" and 5 <= int(dialed.param("DialCallDuration") or 0) < 10
+    child = dialed.param("DialCallSid") or ""
+    wait_until(lambda: client.calls(child).fetch().status == "completed")
+
+
+def test_dial_queue_time_limit_cuts_the_bridge_and_both_actions_run(harness: Harness) -> None:
+    client = harness.sandbox()
+    harness.answer("voice", f'<Enqueue action="{harness.path("after-queue")}">sales</Enqueue>')
+    harness.answer("after-queue", "")
+    sid = harness.call_in()
+    wait_until(lambda: harness.state(sid)["queue"] is not None)
+    dial = f'<Response><Dial timeLimit="3" action="{harness.hook("dialed")}"><Queue>sales</Queue></Dial></Response>'
+    client.calls.create(to=AGENT, from_=SUPPORT, twiml=dial)
+    (dialed,) = harness.wait("dialed", lambda seen: len(seen) >= 1)
+    assert (dialed.param("DialCallStatus"), dialed.param("DialCallSid")) == ("completed", sid)
+    (after,) = harness.wait("after-queue", lambda seen: len(seen) >= 1)
+    assert after.param("QueueResult") == "bridged"
+    wait_until(lambda: harness.state(sid)["status"] == "completed")
+
+
+def test_a_held_back_callback_is_delivered_even_when_nothing_follows(harness: Harness) -> None:
+    client = harness.sandbox(voice_reorder_callback_share=1.0)
+    client.calls.create(
+        to=AGENT,
+        from_=SUPPORT,
+        twiml="<Response><Say>hi</Say></Response>",
+        status_callback=harness.hook("held"),
+        status_callback_event=["initiated", "ringing", "answered"],
+    )
+    got = harness.wait("held", lambda seen: len(seen) >= 3)
+    assert sorted(r.param("CallStatus") or "" for r in got) == ["in-progress", "initiated", "ringing"]
+    harness.idle()
+
+
+def test_a_refused_participant_creates_no_conference(harness: Harness) -> None:
+    client = harness.sandbox()
+    for n in range(3):
+        with pytest.raises(TwilioRestException) as raised:
+            client.conferences(f"room-{n}").participants.create(from_=SUPPORT, to="client:alice", muted="maybe")
+        assert (raised.value.status, raised.value.code) == (400, 20001)
+    assert client.conferences.list() == []
+
+
+def test_duration_is_empty_until_the_call_ends(harness: Harness) -> None:
+    """OpenAPI: duration is "empty for busy, failed, unanswered, or ongoing calls"."""
+    client = harness.sandbox()
+    call = client.calls.create(to=AGENT, from_=SUPPORT, twiml="<Response><Pause length='600'/></Response>")
+    wait_until(lambda: client.calls(call.sid).fetch().status == "in-progress")
+    time.sleep(0.05)
+    assert client.calls(call.sid).fetch().duration is None
+    ended = client.calls(call.sid).update(status="completed")
+    assert ended.status == "completed" and ended.duration is not None

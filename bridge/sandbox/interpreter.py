@@ -9,7 +9,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin
 
 from bridge.sandbox import twiml
 from bridge.sandbox.calls import RECORDING_STATUS, VOICE_REQUEST, CallerBehaviour, Recording
@@ -32,9 +32,10 @@ from bridge.sandbox.twiml import (
     TwimlError,
     Verb,
 )
+from bridge.sandbox.webhooks import is_web_url
 
 if TYPE_CHECKING:
-    from bridge.sandbox.calls import Call, Member, Participant
+    from bridge.sandbox.calls import Bridge, Call, Member, Participant
     from bridge.sandbox.voice import Voice
 
 log = logging.getLogger("switchboard.sandbox.voice")
@@ -77,6 +78,14 @@ class Linger:
 Source = Fetch | Inline | Loaded | Linger
 
 
+def web_url(text: str) -> str | None:
+    """``text`` if a webhook can be sent to it (http or https, a valid host and port), else None.
+
+    The test is the webhook poster's own, so a URL taken here never fails later in a way nobody sees.
+    """
+    return text if is_web_url(text) else None
+
+
 class _CallOver(Exception):
     """``<Hangup>``, a late ``<Reject>``, or the party hanging up from inside a verb."""
 
@@ -93,11 +102,11 @@ class Interpreter:
     def resolve(base: Call | str | None, url: str) -> str | None:
         """``url`` made absolute against the current document (Twilio resolves relative URLs that way)."""
         base_url = base if isinstance(base, str) or base is None else base.doc_url
-        absolute = urljoin(base_url or "", url.strip())
-        parts = urlsplit(absolute)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
+        try:
+            absolute = urljoin(base_url or "", url.strip())
+        except ValueError:  # a base or URL urllib cannot split (an unclosed IPv6 bracket)
             return None
-        return absolute
+        return web_url(absolute)
 
     def _error(self, call: Call, code: int, detail: str, side: bool = False) -> Loaded:
         """What the caller gets when TwiML cannot be had: the apology, then the call ends.
@@ -115,7 +124,16 @@ class Interpreter:
 
         ``base`` is the URL relative ones resolve against (default: the call's document); ``side`` marks a
         document played beside the call's own (music, announcements), whose failures do not end the call.
+        Whatever else goes wrong on the way is the sandbox's fault, but the caller gets what Twilio gives
+        for a document it cannot use (12100) rather than a call that dies without a word.
         """
+        try:
+            return await self._load(call, source, base, side)
+        except Exception as exc:
+            log.exception("call %s: loading TwiML failed", call.sid)
+            return self._error(call, twiml.PARSE_ERROR, f"{type(exc).__name__}: {exc}"[:300], side)
+
+    async def _load(self, call: Call, source: Source, base: str | None, side: bool) -> Loaded:
         if isinstance(source, Loaded):
             return source
         if isinstance(source, Linger):
@@ -138,8 +156,9 @@ class Interpreter:
             return self._error(call, 11200, f"{url} answered HTTP {attempt.status_code}", side)
         content_type = attempt.content_type.split(";", 1)[0].strip().lower()
         if content_type.startswith("audio/"):
-            # An audio answer is played, then the call ends.
-            return Loaded((Play(url), Hangup()), url)
+            # An audio answer is played, then the call ends; music and announcements may be audio files
+            # too, and there it is just played (they may not hang up, and another one follows).
+            return Loaded((Play(url),) if side else (Play(url), Hangup()), url)
         try:
             verbs = twiml.parse(text)
         except TwimlError as exc:
@@ -375,6 +394,7 @@ class Interpreter:
             call.children.append(child)
             children.append(child)
         call.hearing = "ringing"
+        bridge: Bridge | None = None
         try:
             winner = await self._first_answer(children)
             for child in children:
@@ -387,12 +407,15 @@ class Interpreter:
                 return self.action(verb.action, verb.method, self._dial_result(status, first.sid, 0, False))
             bridge = voice.bridge_calls(call, winner)
             call.hearing = "talking"
-            await bridge.ended.wait()
+            await voice.talk(bridge, verb.time_limit)
             seconds = voice.elapsed(bridge.since)
             return self.action(verb.action, verb.method, self._dial_result("completed", winner.sid, seconds, True))
         finally:
+            if bridge is not None:
+                voice.end_bridge(bridge)  # decides the connected leg's fate: hung up, unless it was redirected
             for child in children:
-                voice.hangup(child)
+                if bridge is None or child is not bridge.callee:
+                    voice.hangup(child)
             call.children = [c for c in call.children if c not in children]
 
     @staticmethod
@@ -419,7 +442,10 @@ class Interpreter:
         member.dequeuer = call.sid
         bridge = voice.bridge_member(call, member)
         call.hearing = "talking"
-        await bridge.ended.wait()
+        try:
+            await voice.talk(bridge, verb.time_limit)
+        finally:
+            voice.end_bridge(bridge)
         seconds = voice.elapsed(bridge.since)
         return self.action(verb.action, verb.method, self._dial_result("completed", member.call.sid, seconds, True))
 
@@ -478,8 +504,11 @@ class Interpreter:
             return False
         previous = call.hearing
         call.hearing = "announcement"
-        await self.music(call, document, MUSIC_VERBS)
-        call.hearing = previous
+        try:
+            await self.music(call, document, MUSIC_VERBS)
+        finally:
+            if call.hearing == "announcement" and not call.ended:  # stopped early, the call may have moved on
+                call.hearing = previous
         return True
 
     # --- recording ------------------------------------------------------------------------------------------

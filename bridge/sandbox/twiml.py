@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
@@ -177,6 +178,10 @@ def _number(el: ET.Element, name: str, default: float, minimum: float = 0.0) -> 
         value = float(raw)
     except ValueError:
         raise TwimlError(SCHEMA_ERROR, f"<{el.tag}> {name}={raw!r} is not a number") from None
+    # float() reads "inf", "nan" and "1e400" too: no TwiML attribute means forever or nothing, so refuse them
+    # here rather than let a later int() or sleep() fail on them.
+    if not math.isfinite(value):
+        raise TwimlError(SCHEMA_ERROR, f"<{el.tag}> {name}={raw!r} is not a finite number")
     if value < minimum:
         raise TwimlError(SCHEMA_ERROR, f"<{el.tag}> {name}={raw!r} is below {minimum:g}")
     return value
@@ -250,9 +255,12 @@ def _verb(el: ET.Element) -> Verb:
         case "Gather":
             prompts: list[Say | Play | Pause] = []
             for child in el:
-                verb = _verb(child)
-                if not isinstance(verb, Say | Play | Pause):
+                # The tag is checked before the child is read: reading first would recurse through a
+                # thousand nested <Gather>s before refusing the second one.
+                if child.tag not in ("Say", "Play", "Pause"):
                     raise TwimlError(SCHEMA_ERROR, f"<Gather> may not contain <{child.tag}>")
+                verb = _verb(child)
+                assert isinstance(verb, Say | Play | Pause)
                 prompts.append(verb)
             num_digits = el.get("numDigits")
             return Gather(

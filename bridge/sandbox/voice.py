@@ -41,7 +41,14 @@ from bridge.sandbox.webhooks import WebhookPoster
 
 log = logging.getLogger("switchboard.sandbox.voice")
 
+ANNOUNCEMENT = "announcement"
+"""The call timer an ``AnnounceUrl`` plays under."""
+
 # --- status callbacks, in order, with optional chaos --------------------------------------------------------
+
+
+HOLD_SECONDS = 2.0
+"""Simulated seconds a held-back callback waits for a later one to overtake it before it goes anyway."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +93,15 @@ class CallbackLane:
             except asyncio.QueueEmpty:
                 if held is None:
                     return
-                item = await self.items.get()
+                # A held callback goes after the next one, or after a moment if none comes: held forever,
+                # it would never arrive at all, and this task would never end.
+                try:
+                    async with asyncio.timeout(HOLD_SECONDS * self.voice.config.voice_time_scale):
+                        item = await self.items.get()
+                except TimeoutError:
+                    await self._deliver(held)
+                    held = None
+                    continue
             if item.reorder and held is None and not item.final:
                 held = item
                 continue
@@ -132,9 +147,10 @@ class Voice:
         return round((time.monotonic() - since) / self.config.voice_time_scale)
 
     def duration(self, call: Call) -> int | None:
-        if call.answered_at is None:
-            return 0 if call.ended else None
-        return self.elapsed(call.answered_at) if call.ended_at is None else self._span(call)
+        """Twilio's ``duration``: none while the call goes on (OpenAPI: "empty for … ongoing calls")."""
+        if not call.ended:
+            return None
+        return 0 if call.answered_at is None or call.ended_at is None else self._span(call)
 
     def _span(self, call: Call) -> int:
         assert call.answered_at is not None and call.ended_at is not None
@@ -574,9 +590,18 @@ class Voice:
         for call in (bridge.dialer, bridge.callee):
             if call.bridge is bridge:
                 call.bridge = None
-        # A <Dial>'s own child leg has nothing left to do; a dequeued caller goes on with its TwiML.
-        if bridge.callee.direction == "outbound-dial":
-            self.hangup(bridge.callee)
+        # A <Dial>'s own child leg has nothing left to do, unless it is the one being redirected (REST update
+        # of the child): then it runs its new TwiML. A dequeued caller goes on with its own TwiML anyway.
+        callee = bridge.callee
+        if callee.direction == "outbound-dial" and callee.leaving != "redirected":
+            self.hangup(callee)
+
+    async def talk(self, bridge: Bridge, limit: float) -> None:
+        """Until one side of the bridge leaves, or ``<Dial timeLimit>`` (simulated seconds) cuts it."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(limit, 0.0) * self.config.voice_time_scale):
+                await bridge.ended.wait()
+        self.end_bridge(bridge)
 
     # --- conferences ----------------------------------------------------------------------------------------
 
@@ -661,6 +686,7 @@ class Voice:
         participant.date_updated = self.config.clock()
         if participant.call.participant is participant:
             participant.call.participant = None
+        self.cancel_timer(participant.call, ANNOUNCEMENT)
         if was_connected:
             self.conference_event(conference, "participant-leave", participant)
         if participant.done is not None and not participant.done.done():
@@ -715,14 +741,26 @@ class Voice:
             self.conference_event(participant.conference, event, participant)
 
     def announce(self, participant: Participant, url: str, method: str) -> None:
-        """Play ``url``'s TwiML to one participant, then report ``announcement-end`` (or ``-fail``)."""
+        """Play ``url``'s TwiML to one participant, then report ``announcement-end`` (or ``-fail``).
+
+        The announcement is one of the call's timers, so it stops when the call ends, and when the participant
+        leaves the room (``leave_conference``): nothing plays, or reports, after the conference is over.
+        """
+        call = participant.call
+        self.cancel_timer(call, ANNOUNCEMENT)
 
         async def play() -> None:
-            ok = await self.interpreter.announce(participant.call, url, method)
-            event = "announcement-end" if ok else "announcement-fail"
-            self.conference_event(participant.conference, event, participant)
+            try:
+                ok = await self.interpreter.announce(call, url, method)
+            finally:
+                if call.timers.get(ANNOUNCEMENT) is asyncio.current_task():
+                    del call.timers[ANNOUNCEMENT]
+            conference = participant.conference
+            if participant in conference.participants and conference.status != "completed":
+                event = "announcement-end" if ok else "announcement-fail"
+                self.conference_event(conference, event, participant)
 
-        self.spawn(play(), f"announce {participant.call.sid}")
+        call.timers[ANNOUNCEMENT] = self.spawn(play(), f"announce {call.sid}")
 
     def conference_event(self, conference: Conference, event: str, participant: Participant | None = None) -> None:
         """Post ``event`` to every status callback URL of the conference subscribed to it."""

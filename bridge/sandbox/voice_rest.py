@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 from starlette.requests import Request
@@ -11,7 +12,7 @@ from starlette.routing import Route
 from bridge.sandbox import media
 from bridge.sandbox.calls import CALL_EVENTS, Call, Conference, Member, Participant, Queue
 from bridge.sandbox.config import SandboxConfig
-from bridge.sandbox.interpreter import Fetch, Inline, Loaded, Source
+from bridge.sandbox.interpreter import Fetch, Inline, Loaded, Source, web_url
 from bridge.sandbox.messaging import MAGIC_FROM_OK, normalize_number
 from bridge.sandbox.rest import (
     API_ROOT,
@@ -74,7 +75,9 @@ def _url(form: Form, name: str) -> str | None:
     raw = (form.get(name) or "").strip()
     if not raw:
         return None
-    if not re.match(r"^https?://[^\s/]+", raw):
+    # The same test webhooks pass before they are sent: a URL taken here would fail every request later,
+    # out of sight of whoever gave it.
+    if web_url(raw) is None:
         raise ApiError(400, 21205, f"{name} is not a valid URL: {raw[:200]}")
     return raw
 
@@ -438,14 +441,11 @@ async def create_participant(request: Request) -> Response:
     form = await read_form(request)
     to = check_to((form.get("To") or "").strip())
     from_ = check_from(voice.config, (form.get("From") or "").strip())
-    conference = _conference(voice, request, "conference_sid", create=True)
-    if conference.status == "completed":
-        raise ApiError(400, 20001, f"Conference {conference.sid} is over")
     label = form.get("Label") or None
-    if label is not None and any(p.label == label for p in conference.participants):
-        raise ApiError(400, 20001, f"Label {label!r} is already used in this conference")
+    # Every field is read before the room is looked up, because looking it up by name may create it: a
+    # refused request must not leave behind an empty conference, waiting in ``init`` for ever.
     noun = ConferenceNoun(
-        name=conference.friendly_name,
+        name="",
         muted=_bool(form, "Muted", False),
         beep=form.get("Beep") or "true",
         start_conference_on_enter=_bool(form, "StartConferenceOnEnter", True),
@@ -458,12 +458,20 @@ async def create_participant(request: Request) -> Response:
         participant_label=label,
     )
     callback, method, events = _status_callback(form)
+    timeout = _seconds(form, "Timeout", 60, 5, 600)
+    # Only a room that already existed can refuse now: one just created is in ``init``, with nobody in it.
+    conference = _conference(voice, request, "conference_sid", create=True)
+    if conference.status == "completed":
+        raise ApiError(400, 20001, f"Conference {conference.sid} is over")
+    if label is not None and any(p.label == label for p in conference.participants):
+        raise ApiError(400, 20001, f"Label {label!r} is already used in this conference")
+    noun = dataclasses.replace(noun, name=conference.friendly_name)
     # The participant's call does one thing once answered: join this room. When the room ends, so does it.
     call = voice.place_outbound(
         to,
         from_,
         Loaded((Dial(nouns=(noun,)),), None),
-        timeout=_seconds(form, "Timeout", 60, 5, 600),
+        timeout=timeout,
         status_callback=callback,
         status_callback_method=method,
         status_events=events,
