@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import time
 import uuid
@@ -15,6 +16,7 @@ from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.notifications import SeverityLevel
 from textual.screen import Screen
+from textual.worker import WorkerCancelled, WorkerFailed
 
 from bridge import protocol
 from console import messages, times
@@ -24,6 +26,7 @@ from console.config import ConsoleConfig
 from console.drafts import DraftFile, drafts_file
 from console.screens.help import HelpScreen, keys_shown
 from console.screens.main import MainScreen
+from console.text import one_line
 
 LinkFactory = Callable[["SwitchboardApp"], BridgeLink]
 TYPING_EVERY = 3.0
@@ -117,6 +120,8 @@ class SwitchboardApp(App[None]):
             gc.enable()
         if self.link is not None:
             await self.link.aclose()
+        if self.draft_file is not None:
+            self.draft_file.close()
 
     def notify(
         self,
@@ -229,16 +234,39 @@ class SwitchboardApp(App[None]):
             self._waiting.pop(command_id, None)
 
     async def action_quit(self) -> None:
-        """Quit. Drafts are saved first and kept for the next run; only if they cannot be (no file for them, or it
-        could not be written) is the agent asked before they are lost."""
+        """Quit. Drafts are saved first and kept for the next run; only if they cannot be (no file for them, it
+        could not be written, or another console keeps this profile's) is the agent asked before they are lost.
+
+        A reply being put in the outbox (waiting for the cache's write lock, which a catch-up holds for seconds)
+        is waited for first: saved before it lands, the draft would still hold it, and the next run offer it again.
+        """
+        from console.screens.confirm import Confirm
+
+        if isinstance(self.screen, Confirm):  # quit asked again at a question: quit, keeping what can be kept
+            self.main.save_drafts()
+            self.exit()
+            return
+        if self.main.is_mounted and self.main.composer.sending:
+            self.notify("Quitting once the reply is in the outbox…")
+            self.run_worker(self._quit_after_send(), group="quit", exclusive=True)
+            return
+        self._quit()
+
+    async def _quit_after_send(self) -> None:
+        for worker in [w for w in self.workers if w.group == "send"]:
+            with contextlib.suppress(WorkerCancelled, WorkerFailed):
+                await worker.wait()
+        self._quit()
+
+    def _quit(self) -> None:
         from console.screens.confirm import Confirm
 
         drafts = 0
         if self.main.is_mounted:
             self.main.save_drafts()
-            kept = self.draft_file is not None and self.draft_file.problem is None
+            kept = self.draft_file is not None and self.draft_file.usable and self.draft_file.problem is None
             drafts = 0 if kept else self.main.composer.unsent()
-        if not drafts or isinstance(self.screen, Confirm):
+        if not drafts:
             self.exit()
             return
         some = "a draft" if drafts == 1 else f"{drafts} drafts"
@@ -310,9 +338,12 @@ class SwitchboardApp(App[None]):
                     self.main.composer.give_back(conversation_id, note, body)
                 self.main.save_drafts()
                 some = "A reply" if len(taken) == 1 else f"{len(taken)} replies and notes"
+                texts = "; ".join(f"“{one_line(body)[:60]}”" for _cid, _note, body in taken[:5])
                 self.notify(
-                    f"{some} not sent before the reset: back in {'its' if len(taken) == 1 else 'their'} "
-                    "conversation's box, to send again here or clear."
+                    f"{some} not sent before the reset ({texts}{'; …' if len(taken) > 5 else ''}): back in "
+                    f"{'its' if len(taken) == 1 else 'their'} conversation's box (✎ in the inbox once this bridge's "
+                    "history has it), to send again here or clear.",
+                    timeout=20,
                 )
 
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:

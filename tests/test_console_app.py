@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import json
 import re
 import time
 from collections.abc import AsyncIterator
@@ -39,6 +40,13 @@ SIZE = (120, 36)
 
 def text_of(strips: list[Strip]) -> str:
     return "\n".join("".join(segment.text for segment in strip) for strip in strips)
+
+
+def saved_drafts(path: Path | None) -> dict[tuple[str, bool], str]:
+    """The drafts file's content, read past the lock the console under test holds on it."""
+    assert path is not None
+    document = json.loads(path.read_text()) if path.exists() else {"drafts": []}
+    return {(d["conversation_id"], d["note"]): d["text"] for d in document["drafts"]}
 
 
 def inbox_row(app: SwitchboardApp, conversation_id: str) -> str:
@@ -871,7 +879,7 @@ async def test_a_draft_outlives_the_console(cache: Cache) -> None:
 async def test_drafts_are_saved_while_typing(cache: Cache, monkeypatch: pytest.MonkeyPatch) -> None:
     """A console that never quits (killed, its SSH session dropped) has still saved what was typed a moment ago;
     a reply once sent is out of the saved drafts at once, so a crash right after cannot offer it again."""
-    from console.drafts import DraftFile, drafts_file
+    from console.drafts import drafts_file
     from console.screens import main
 
     monkeypatch.setattr(main, "DRAFTS_SAVED_AFTER", 0.05)
@@ -881,13 +889,13 @@ async def test_drafts_are_saved_while_typing(cache: Cache, monkeypatch: pytest.M
         cid = await _open_third(pilot, app)
         await pilot.press(*"Your refund is on its way")
         await settle(pilot)
-        assert DraftFile(path).load() == {(cid, False): "Your refund is on its way"}
+        assert saved_drafts(path) == {(cid, False): "Your refund is on its way"}
         assert "✎ Your refund i" in inbox_row(app, cid)
         monkeypatch.setattr(main, "DRAFTS_SAVED_AFTER", 60.0)  # from here only a send saves at once
         await pilot.press("enter")
         await settle(pilot)
         assert [c.args["body"] for c in link.sent] == ["Your refund is on its way"]
-        assert DraftFile(path).load() == {}
+        assert saved_drafts(path) == {}
         assert "✎" not in inbox_row(app, cid)
 
 
@@ -971,7 +979,7 @@ async def test_replies_pending_at_a_cache_reset_come_back_as_drafts(cache: Cache
     that bridge, so they are not sent here, but they are not lost either: each is back in its conversation's box
     (and saved), for the agent to send again or clear."""
     from console.client import read_outbox
-    from console.drafts import DraftFile, drafts_file
+    from console.drafts import drafts_file
 
     async with linked(cache, notifications=True) as (app, pilot, link):
         cid = await _open_third(pilot, app, reply=False)
@@ -983,4 +991,79 @@ async def test_replies_pending_at_a_cache_reset_come_back_as_drafts(cache: Cache
         assert app.main.composer.drafts() == {(cid, False): "meant for the other", (cid, True): "old note"}
         assert any("not sent before the reset" in str(n.message) for n in app._notifications)
         path = drafts_file(cache.path)
-        assert path is not None and DraftFile(path).load() == app.main.composer.drafts()
+        assert path is not None and saved_drafts(path) == app.main.composer.drafts()
+
+
+async def test_quitting_while_a_reply_is_queued_waits_for_it_and_keeps_no_draft_of_it(
+    cache: Cache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Enter, then ctrl+q while the reply waits for the outbox (a catch-up holds the cache's write lock): the
+    console quits once it is queued, and the saved drafts do not hold it (the next run would offer it again)."""
+    from console.drafts import drafts_file
+
+    async with linked(cache) as (app, pilot, link):
+        cid = await _open_third(pilot, app)
+        queued = asyncio.Event()
+        command = link.command
+
+        async def slow_command(name: str, args: dict[str, Any], conversation_id: str | None = None) -> str:
+            await queued.wait()
+            return await command(name, args, conversation_id)
+
+        monkeypatch.setattr(link, "command", slow_command)
+        await pilot.press(*"Your refund is on its way", "enter", "ctrl+q")
+        await pilot.pause(0.3)  # not settle(): it would wait for the send, held here
+        assert app.is_running and app.main.composer.sending  # waiting for the outbox
+        queued.set()
+        await settle(pilot)
+        assert not app.is_running
+        assert [c.args["body"] for c in link.sent] == ["Your refund is on its way"]
+    path = drafts_file(cache.path)
+    assert path is not None and (cid, False) not in saved_drafts(path)
+
+
+async def test_drafts_are_saved_however_the_console_ends(cache: Cache) -> None:
+    """Not only through quit: the console taken down any other way saves what is in the box at that moment."""
+    from console.drafts import drafts_file
+
+    async with linked(cache) as (app, pilot, _link):
+        cid = await _open_third(pilot, app)
+        await pilot.press(*"typed just now")
+        app.exit()
+        await settle(pilot)
+    path = drafts_file(cache.path)
+    assert path is not None and saved_drafts(path) == {(cid, False): "typed just now"}
+
+
+async def test_drafts_for_conversations_the_cache_lacks_are_kept_and_said(cache: Cache) -> None:
+    from console.drafts import DraftFile, drafts_file
+
+    path = drafts_file(cache.path)
+    assert path is not None
+    known = cache.conversations(3)[2].id
+    saved = {(known, False): "for a customer we have", ("CVnot-here", False): "for one we do not"}
+    assert DraftFile(path).save(saved)
+    async with linked(cache, notifications=True) as (app, pilot, _link):
+        said = [str(n.message) for n in app._notifications]
+        assert any(
+            "2 drafts from last time" in m and "1 is for a conversation this cache does not have" in m for m in said
+        )
+        assert app.main.composer.drafts() == saved
+        await pilot.press("ctrl+q")
+        await settle(pilot)
+    assert saved_drafts(path) == saved  # kept for when it comes in
+
+
+async def test_many_drafts_brought_back_are_one_change(cache: Cache) -> None:
+    """Drafts brought back at start are marked in the inbox in one go (a change per draft made a start with 2,000
+    saved drafts take over ten seconds)."""
+    async with linked(cache) as (app, _pilot, _link):
+        composer = app.main.composer
+        posted: list[object] = []
+        post = composer.post_message
+        composer.post_message = posted.append  # type: ignore[method-assign,assignment]
+        try:
+            composer.keep({(f"CV{n}", False): f"draft {n}" for n in range(2000)})
+        finally:
+            composer.post_message = post  # type: ignore[method-assign]
+        assert len(posted) == 1 and len(composer.drafts()) == 2000

@@ -17,8 +17,9 @@ def test_drafts_come_back_as_saved_and_only_their_owner_can_read_them(tmp_path: 
     file = DraftFile(path)
     assert file.save(drafts) and file.problem is None
     assert DraftFile(path).load() == {("CVa", False): drafts[("CVa", False)], ("CVa", True): "note"}  # blank: gone
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left behind
+    lock = path.with_name(path.name + ".lock")
+    assert stat.S_IMODE(path.stat().st_mode) == stat.S_IMODE(lock.stat().st_mode) == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name, lock.name]  # no temporary file left behind
     assert drafts_file(":memory:") is None
 
 
@@ -45,19 +46,35 @@ def test_a_file_not_written_by_the_console_is_put_aside_not_overwritten(tmp_path
         assert not path.exists() and path.with_name(path.name + ".unreadable").read_bytes() == content
 
 
-def test_a_save_that_cannot_be_written_says_why_and_keeps_the_last(tmp_path: Path) -> None:
+def test_a_save_that_cannot_be_written_says_why_and_removes_the_stale_file(tmp_path: Path) -> None:
+    """The file it could not replace may hold a reply sent since: it must not come back as a draft."""
     path = tmp_path / "p.drafts.json"
     file = DraftFile(path)
     assert file.save({("CVa", False): "first"})
-    tmp_path.chmod(0o500)  # no new files in the directory: the temporary file cannot be made
-    try:
-        if DraftFile(tmp_path / "probe").save({}):  # running as root: permissions do not stop us; try a lone
-            (tmp_path / "probe").unlink()  # surrogate instead, which no file can hold as UTF-8
-            assert not file.save({("CVa", False): "\ud800"})
-        else:
-            assert not file.save({("CVa", False): "second"})
-    finally:
-        tmp_path.chmod(0o700)
+    assert not file.save({("CVa", False): "\ud800"})  # a lone surrogate: no file can hold it as UTF-8
     assert file.problem is not None and "Could not save the drafts" in file.problem
-    assert json.loads(path.read_text())["drafts"][0]["text"] == "first"
-    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+    assert list(tmp_path.iterdir()) == []  # neither the stale file nor a temporary one
+    assert file.save({("CVa", False): "third"}) and file.problem is None
+    assert json.loads(path.read_text())["drafts"][0]["text"] == "third"
+
+
+def test_a_file_that_cannot_be_opened_is_never_written_over(tmp_path: Path) -> None:
+    path = tmp_path / "p.drafts.json"
+    path.mkdir()  # stands for any file this user cannot read
+    file = DraftFile(path)
+    assert file.load() == {} and not file.usable
+    assert file.problem is not None and "left as it is" in file.problem
+    assert not file.save({("CVa", False): "new"}) and path.is_dir()
+
+
+def test_one_console_keeps_a_profiles_drafts_at_a_time(tmp_path: Path) -> None:
+    """A second console on the profile (another terminal) neither reads nor writes the drafts the first keeps."""
+    path = tmp_path / "p.drafts.json"
+    first, second = DraftFile(path), DraftFile(path)
+    assert first.save({("CVa", False): "mine"}) and first.load() == {("CVa", False): "mine"} and first.usable
+    assert second.load() == {} and not second.usable
+    assert second.problem is not None and "Another console" in second.problem
+    assert not second.save({}) and first.load() == {("CVa", False): "mine"}
+    first.close()
+    third = DraftFile(path)
+    assert third.load() == {("CVa", False): "mine"} and third.usable

@@ -217,6 +217,7 @@ class MainScreen(CallControls, Screen[None]):
         """Call commands this console sent and the bridge has not answered yet, by command id."""
         self._drafts_timer: Timer | None = None
         self._drafts_problem: str | None = None
+        self._composer: Composer | None = None
         self.wrap_up_draft = ""
         self.hung_up = False
         """This agent hung up and the bridge said ok: the wrap-up dialog opens when the call is in wrap-up."""
@@ -268,7 +269,10 @@ class MainScreen(CallControls, Screen[None]):
 
     @property
     def composer(self) -> Composer:
-        return self.query_one(Composer)
+        """The composer (kept once found: its drafts are saved while the screen is taken down)."""
+        if self._composer is None:
+            self._composer = self.query_one(Composer)
+        return self._composer
 
     @property
     def header(self) -> ConversationHeader:
@@ -628,35 +632,49 @@ class MainScreen(CallControls, Screen[None]):
             self.notify(file.problem, severity="warning", timeout=10)
         if drafts:
             self.composer.keep(drafts)
-            self._show_drafts()
-            some = "A draft" if len(drafts) == 1 else f"{len(drafts)} drafts"
-            self.notify(f"{some} from last time: back in {'its' if len(drafts) == 1 else 'their'} conversation's box.")
+            self._say_drafts_back({cid for cid, _note in drafts}, len(drafts))
+
+    @work(thread=True, group="drafts-back")
+    def _say_drafts_back(self, conversations: set[str], count: int) -> None:
+        known = self.console_app.cache.conversation_labels(conversations)
+        self._to_ui(self._drafts_back, count, len(conversations - known.keys()))
+
+    def _drafts_back(self, count: int, elsewhere: int) -> None:
+        said = "A draft from last time is" if count == 1 else f"{count} drafts from last time are"
+        said += " back in " + ("its conversation's box" if count == 1 else "their boxes") + " (✎ in the inbox)."
+        if elsewhere:
+            said += (
+                f" {elsewhere} {'is' if elsewhere == 1 else 'are'} for a conversation this cache does not have (yet): "
+                "kept until it comes in."
+            )
+        self.notify(said)
 
     def on_composer_drafts_changed(self, event: Composer.DraftsChanged) -> None:
         event.stop()
-        self._show_drafts()  # a row's repaint, and only when a draft starts, ends or its first line changes
+        composer = self.composer
+        if event.conversation_id is None:
+            # Many at once (drafts brought back): the marks of all, a reply's over a note's.
+            marks = sorted(composer.drafts().items(), key=lambda item: not item[0][1])  # notes, then replies
+            self.inbox.show_drafts({cid: text for (cid, _note), text in marks})
+        else:  # one conversation's: its row only, drawn again if its mark changed
+            cid = event.conversation_id
+            reply, note = composer.draft(cid, False), composer.draft(cid, True)
+            self.inbox.set_draft(cid, reply if reply.strip() else note if note.strip() else None)
         if self._drafts_timer is None:
             self._drafts_timer = self.set_timer(DRAFTS_SAVED_AFTER, self.save_drafts)
-
-    def _show_drafts(self) -> None:
-        """The inbox marks the conversations with a draft (a reply's over a note's)."""
-        drafts = sorted(self.composer.drafts().items(), key=lambda item: not item[0][1])  # notes, then replies
-        self.inbox.show_drafts({cid: text for (cid, _note), text in drafts})
 
     def save_drafts(self) -> None:
         """Save what is written now (a small file: see ``console.drafts``); a failure is said once, not per key."""
         if self._drafts_timer is not None:
             self._drafts_timer.stop()
             self._drafts_timer = None
-        with contextlib.suppress(NoMatches):  # the screen is being taken down: what was saved last stands
-            self._show_drafts()
-            file = self.console_app.draft_file
-            if file is None:
-                return
-            file.save(self.composer.drafts())
-            if file.problem is not None and file.problem != self._drafts_problem:
-                self.notify(f"{file.problem} Drafts are kept in this console until it quits.", severity="error")
-            self._drafts_problem = file.problem
+        file = self.console_app.draft_file
+        if file is None or not file.usable:
+            return
+        file.save(self.composer.drafts())
+        if file.problem is not None and file.problem != self._drafts_problem and self.is_mounted:
+            self.notify(f"{file.problem} Drafts are kept in this console until it quits.", severity="error")
+        self._drafts_problem = file.problem
 
     def on_text_area_changed(self, event: ReplyArea.Changed) -> None:
         row = self.current

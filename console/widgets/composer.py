@@ -95,8 +95,12 @@ class Composer(Vertical):
     opted_out: reactive[bool] = reactive(False)
     """The customer has opted out of texts from this number: replies are blocked until they text START."""
 
+    @dataclass
     class DraftsChanged(Message):
         """What is written changed (in the box, or a draft put aside): time to save the drafts."""
+
+        conversation_id: str | None
+        """The conversation whose draft changed; None for many at once."""
 
     @dataclass
     class Sent(Message):
@@ -117,6 +121,7 @@ class Composer(Vertical):
         """A send is being queued: the send key waits for it (a second press would queue the text again)."""
         self.restored = ""
         """The text last brought back from a draft (not typed now: no "typing" signal for it)."""
+        self._area: ReplyArea | None = None
 
     def compose(self) -> ComposeResult:
         yield ReplyArea(id="composer-input", soft_wrap=True, show_line_numbers=False, tab_behavior="focus")
@@ -130,7 +135,11 @@ class Composer(Vertical):
 
     @property
     def area(self) -> ReplyArea:
-        return self.query_one(ReplyArea)
+        """The box (kept once mounted: what is in it can still be read, and saved, while the screen is taken
+        down)."""
+        if self._area is None:
+            self._area = self.query_one(ReplyArea)
+        return self._area
 
     @property
     def text(self) -> str:
@@ -172,11 +181,11 @@ class Composer(Vertical):
         """Take drafts saved by an earlier run: put aside, each back in its box when its conversation opens (one
         written since, in this run, stays as it is)."""
         for (cid, note), text in drafts.items():
-            if self.draft(cid, note).strip():
-                continue
-            self._set_draft(cid, note, text, in_box=False)
-            if cid == self.conversation_id and note == self.note_mode:
-                self._bring_back(note)
+            if text.strip() and not self.draft(cid, note).strip():
+                self._drafts[(cid, note)] = text
+        if (self.conversation_id, self.note_mode) in self._drafts:
+            self._bring_back(self.note_mode)
+        self.post_message(self.DraftsChanged(None))
 
     def draft(self, conversation_id: str | None, note: bool = False) -> str:
         """What is written for that conversation in that mode, in the box or put aside."""
@@ -192,9 +201,9 @@ class Composer(Vertical):
                 self.set_text(text)
         elif text.strip():
             self._drafts[(conversation_id, note)] = text
-            self.post_message(self.DraftsChanged())
+            self.post_message(self.DraftsChanged(conversation_id))
         elif self._drafts.pop((conversation_id, note), None) is not None:
-            self.post_message(self.DraftsChanged())
+            self.post_message(self.DraftsChanged(conversation_id))
 
     def give_back(self, conversation_id: str, note: bool, text: str) -> None:
         """A text the bridge refused: back in its conversation's draft, before whatever was written there since."""
@@ -211,7 +220,7 @@ class Composer(Vertical):
 
     def on_text_area_changed(self, event: TextArea.Changed) -> None:
         self._update_counter()
-        self.post_message(self.DraftsChanged())
+        self.post_message(self.DraftsChanged(self.conversation_id))
 
     def _update_counter(self) -> None:
         counter = self.query_one("#composer-counter", Static)

@@ -33,6 +33,8 @@ RELOAD_GIVE_UP = 2.0
 """Seconds after which a reload that never landed (its worker failed) no longer holds the next one back."""
 DRAWN_KEPT = 2048
 """Drawn lines kept (see ConversationList._drawn); a few screens' worth, cleared whole when full."""
+DRAFT_MARK_CHARS = 160
+"""Most characters of a draft an inbox row shows (wider than any row)."""
 TWO_LINES_BELOW = 44
 """Row width (cells) under which each conversation takes two lines, the preview under the customer: on one line,
 the number, unread count and time left the preview no room at 80 or 100 columns (it showed as "…")."""
@@ -144,7 +146,7 @@ class ConversationList(ScrollView, can_focus=True):
         self._frame: tuple[int, Style, date] | None = None
         """(width, style, today) while a frame's lines are drawn (see ``render_lines``)."""
         self.drafts: dict[str, str] = {}
-        """What is written and not sent, by conversation (its first line): shown in place of the preview."""
+        """What is written and not sent, by conversation (its first line, cut): shown in place of the preview."""
         self._drawn: dict[tuple[ConversationRow, int, Style, object, int, str | None], Strip] = {}
         """Each row's drawn lines by (row, width, style, today's date, which line): a frame redraws every visible
         line, and building the Rich text, number and time anew cost ~0.3 ms a line (~20 ms a frame on a tall
@@ -199,14 +201,27 @@ class ConversationList(ScrollView, can_focus=True):
 
     def show_drafts(self, drafts: dict[str, str]) -> None:
         """Mark the conversations with something written and not sent (``drafts``: conversation → its text)."""
-        drafts = {cid: one_line(text)[:200] for cid, text in drafts.items()}
-        if drafts == self.drafts:
+        marks = {cid: _draft_mark(text) for cid, text in drafts.items()}
+        changed = {cid for cid in marks.keys() | self.drafts.keys() if marks.get(cid) != self.drafts.get(cid)}
+        self.drafts = marks
+        self._refresh_conversations(changed)
+
+    def set_draft(self, conversation_id: str, text: str | None) -> None:
+        """One conversation's draft (None: it has none); its row is drawn again only if its mark changed."""
+        mark = None if text is None else _draft_mark(text)
+        if self.drafts.get(conversation_id) == mark:
             return
-        changed = {cid for cid in drafts.keys() | self.drafts.keys() if drafts.get(cid) != self.drafts.get(cid)}
-        self.drafts = drafts
-        for index, row in self._rows.items():
-            if row.id in changed:
-                self._refresh_row(index)
+        if mark is None:
+            del self.drafts[conversation_id]
+        else:
+            self.drafts[conversation_id] = mark
+        self._refresh_conversations({conversation_id})
+
+    def _refresh_conversations(self, ids: set[str]) -> None:
+        if ids:
+            for index, row in self._rows.items():
+                if row.id in ids:
+                    self._refresh_row(index)
 
     def reload(self, keep: str | None = None, *, here: bool = False) -> None:
         """Refetch the count and the visible window (after events, or a filter change).
@@ -457,3 +472,9 @@ class ConversationList(ScrollView, can_focus=True):
     def on_click(self, event: events.Click) -> None:
         self._move((int(self.scroll_offset.y) + event.y) // self.per_row)
         self.action_open()
+
+
+def _draft_mark(text: str) -> str:
+    """What a row shows of a draft: its first line with words, cut to what any row can show."""
+    first = next((line for line in text.splitlines() if line.strip()), "")
+    return one_line(first[:DRAFT_MARK_CHARS]).strip()
