@@ -620,12 +620,10 @@ async def test_a_url_httpx_cannot_parse_is_a_failed_attempt_not_a_crash() -> Non
 
 
 def test_a_twiml_reply_with_a_broken_action_url_is_still_delivered(harness: Harness) -> None:
-    twiml = '<Response><Message action="http://[::1/status">Thanks!</Message></Response>'
-    harness.receiver.answers[harness.path("broken-action")] = Answer(body=twiml)
-    url = harness.sandbox(bridge_url=harness.receiver_url, sms_path=harness.path("broken-action"))
+    url, reply = _texted_and_answered(
+        harness, "broken-action", '<Message action="http://[::1/status">Thanks!</Message>'
+    )
     with httpx.Client(base_url=url) as http:
-        http.post("/sandbox/sms", data={"from": CUSTOMER, "to": SUPPORT, "body": "hello"})
-        reply = http.get("/sandbox/messages").json()[0]
         assert reply["direction"] == "outbound-reply"
         fetch = f"/2010-04-01/Accounts/{ACCOUNT_SID}/Messages/{reply['sid']}.json"
         wait_until(lambda: http.get(fetch, auth=(ACCOUNT_SID, TOKEN)).json()["status"] == "delivered")
@@ -916,13 +914,20 @@ def test_stop_blocks_sends_until_start_and_sandbox_messages_lists_newest_first(h
         ]
 
 
-def test_twiml_message_replies_are_sent(harness: Harness) -> None:
-    twiml = '<?xml version="1.0" encoding="UTF-8"?><Response><Message>Thanks, we got it!</Message></Response>'
-    harness.receiver.answers[harness.path("twiml")] = Answer(body=twiml)
-    url = harness.sandbox(bridge_url=harness.receiver_url, sms_path=harness.path("twiml"))
+def _texted_and_answered(harness: Harness, name: str, answer: str) -> tuple[str, dict[str, Any]]:
+    """A customer texts; the webhook at ``name`` answers with ``answer`` in a TwiML Response. Returns the
+    sandbox's URL and the newest message it holds (the reply)."""
+    twiml = f'<?xml version="1.0" encoding="UTF-8"?><Response>{answer}</Response>'
+    harness.receiver.answers[harness.path(name)] = Answer(body=twiml)
+    url = harness.sandbox(bridge_url=harness.receiver_url, sms_path=harness.path(name))
     with httpx.Client(base_url=url) as http:
         http.post("/sandbox/sms", data={"from": CUSTOMER, "to": SUPPORT, "body": "hello"})
-        reply = http.get("/sandbox/messages").json()[0]
+        reply: dict[str, Any] = http.get("/sandbox/messages").json()[0]
+    return url, reply
+
+
+def test_twiml_message_replies_are_sent(harness: Harness) -> None:
+    _url, reply = _texted_and_answered(harness, "twiml", "<Message>Thanks, we got it!</Message>")
     assert (reply["direction"], reply["from"], reply["to"], reply["body"]) == (
         "outbound-reply",
         SUPPORT,

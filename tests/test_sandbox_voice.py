@@ -356,12 +356,18 @@ def test_greeting_enqueue_wait_loop_and_dequeue_into_a_conference(harness: Harne
     assert params(statuses, "CallStatus") == ["initiated", "ringing", "in-progress", "completed"]
 
 
-def test_dial_queue_bridges_the_front_caller_and_reports_bridged(harness: Harness) -> None:
+def _caller_in_sales_queue(harness: Harness, then: str = "") -> tuple[Client, str]:
+    """A caller the voice webhook puts in the "sales" queue (``then``: TwiML after it leaves): (client, call SID)."""
     client = harness.sandbox()
-    harness.answer("voice", f'<Enqueue action="{harness.path("after-queue")}">sales</Enqueue><Say>bye</Say>')
+    harness.answer("voice", f'<Enqueue action="{harness.path("after-queue")}">sales</Enqueue>{then}')
     harness.answer("after-queue", "")
     sid = harness.call_in()
     wait_until(lambda: harness.state(sid)["queue"] is not None)
+    return client, sid
+
+
+def test_dial_queue_bridges_the_front_caller_and_reports_bridged(harness: Harness) -> None:
+    client, sid = _caller_in_sales_queue(harness, then="<Say>bye</Say>")
     agent = client.calls.create(
         to=AGENT,
         from_=SUPPORT,
@@ -739,11 +745,7 @@ def test_dial_time_limit_cuts_the_bridge_and_runs_the_action(harness: Harness) -
 
 
 def test_dial_queue_time_limit_cuts_the_bridge_and_both_actions_run(harness: Harness) -> None:
-    client = harness.sandbox()
-    harness.answer("voice", f'<Enqueue action="{harness.path("after-queue")}">sales</Enqueue>')
-    harness.answer("after-queue", "")
-    sid = harness.call_in()
-    wait_until(lambda: harness.state(sid)["queue"] is not None)
+    client, sid = _caller_in_sales_queue(harness)
     dial = f'<Response><Dial timeLimit="3" action="{harness.hook("dialed")}"><Queue>sales</Queue></Dial></Response>'
     client.calls.create(to=AGENT, from_=SUPPORT, twiml=dial)
     (dialed,) = harness.wait("dialed", lambda seen: len(seen) >= 1)
