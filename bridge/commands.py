@@ -13,8 +13,10 @@ from typing import Any
 from bridge import protocol
 from bridge.conversations import ConversationCommands
 from bridge.messaging import (
+    OPTED_OUT_SAID,
     Conversation,
     OutboundDraft,
+    OutboundRefused,
     find_command,
     is_opted_out,
     record_command_result,
@@ -187,10 +189,7 @@ class CommandRunner:
             raise Refused("body_too_long", f"The message is {len(body)} characters; Twilio takes at most {most}.")
         conv = await self._conversation_for(args)
         if await self.store.read(lambda conn: is_opted_out(conn, conv.twilio_number, conv.customer_number)):
-            raise Refused(
-                "opted_out",
-                "This customer texted STOP, so Twilio will not deliver texts to them until they text START.",
-            )
+            raise Refused("opted_out", OPTED_OUT_SAID)  # the usual case, before any write (checked again in it)
         info = analyze(body)
         draft = OutboundDraft(
             agent=agent,
@@ -201,7 +200,10 @@ class CommandRunner:
             encoding=info.encoding,
             segments=info.segments,
         )
-        message_id, existing = await self.store.write(lambda tx: record_outbound(tx, draft, args))
+        try:
+            message_id, existing = await self.store.write(lambda tx: record_outbound(tx, draft, args))
+        except OutboundRefused as exc:
+            raise Refused(exc.code, str(exc)) from None
         if existing is not None:  # recorded before (this process or one that crashed): never send blindly
             if existing.result is not None:
                 return _result_from(existing.result)

@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bridge import protocol
-from bridge.store import SqliteStore, StoredEvent, Tx
+from bridge.store import REVOKED_SAID, SqliteStore, StoredEvent, Tx, is_revoked
 from bridge.types import new_id
 
 log = logging.getLogger("switchboard.bridge.conversations")
@@ -363,7 +363,10 @@ class ConversationCommands:
             known = _recorded(tx, agent, cmd.id)
             if known is not None:
                 return known
-            data, failure = attempt(tx, action) if action is not None else ({}, refusal)
+            todo, refused = action, refusal
+            if is_revoked(tx.conn, agent):  # since its console connected: the watcher has not closed it yet
+                todo, refused = None, Refusal("agent_revoked", REVOKED_SAID)
+            data, failure = attempt(tx, todo) if todo is not None else ({}, refused)
             if failure is not None:
                 result = protocol.Result.failure(cmd.id, failure.code, str(failure))
             else:

@@ -15,7 +15,7 @@ from typing import Any
 
 from bridge import protocol
 from bridge.conversations import REOPENED_BY_CUSTOMER, reopen_on_customer_text
-from bridge.store import STATUS_RANK, StoredEvent, Tx
+from bridge.store import REVOKED_SAID, STATUS_RANK, StoredEvent, Tx, is_revoked
 from bridge.twilio_errors import describe_error
 from bridge.types import E164, ConversationId, MessageId, MessageSid, conversation_id, new_id
 
@@ -415,13 +415,32 @@ def _result_from_frame(frame: dict[str, Any]) -> protocol.Result:
     return parsed
 
 
+OPTED_OUT_SAID = "This customer texted STOP, so Twilio will not deliver texts to them until they text START."
+
+
+class OutboundRefused(Exception):
+    """A reply refused in the transaction that would record it; the message is a sentence the agent can act on."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 def record_outbound(tx: Tx, draft: OutboundDraft, args: dict[str, Any]) -> tuple[MessageId, CommandRecord | None]:
-    """Record the reply and its command before Twilio is called; returns the existing command if a resend."""
+    """Record the reply and its command before Twilio is called; returns the existing command if a resend.
+
+    Refuses (``OutboundRefused``) a reply from a revoked agent, or to a customer opted out, in this same
+    transaction: a STOP or a revocation committed after the caller's own checks is still seen here, before
+    anything goes to Twilio."""
     existing = find_command(tx.conn, draft.agent, draft.command_id)
     if existing is not None:
         return MessageId(existing.message_id or ""), existing
-    message_id = MessageId(new_id("OB"))
     conv = draft.conversation
+    if is_revoked(tx.conn, draft.agent):
+        raise OutboundRefused("agent_revoked", REVOKED_SAID)
+    if is_opted_out(tx.conn, conv.twilio_number, conv.customer_number):
+        raise OutboundRefused("opted_out", OPTED_OUT_SAID)
+    message_id = MessageId(new_id("OB"))
     ensure_conversation(tx, conv.twilio_number, conv.customer_number)  # a first text to a new customer
     tx.execute(
         "INSERT INTO commands (agent, id, command, args, state, message_id, created_at, updated_at) "

@@ -144,7 +144,7 @@ def validate(
         return False
     try:
         return _validate(url, params, signature, auth_token, raw_body, settings_header, shared_keys)
-    except (ValueError, UnicodeError):
+    except (ValueError, UnicodeError, TypeError):
         return False
 
 
@@ -173,8 +173,10 @@ def _validate(
     if body_hash is not None:
         if raw_body is None:
             return False
-        expected = hashlib.sha256(raw_body).hexdigest()
-        if not hmac.compare_digest(expected, body_hash):
+        expected = hashlib.sha256(raw_body).hexdigest().encode("ascii")
+        # As bytes: compare_digest refuses str holding anything but ASCII (TypeError), and bodySHA256 is whatever
+        # the request's query string says, checked before any signature is.
+        if not hmac.compare_digest(expected, body_hash.encode("utf-8", "surrogateescape")):
             return False
         signed_params = ()
     elif raw_body is not None:

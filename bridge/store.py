@@ -800,6 +800,17 @@ def agent_for_token(conn: sqlite3.Connection, token: str) -> str | None:
     return None if row is None else str(row[0])
 
 
+def is_revoked(conn: sqlite3.Connection, name: str) -> bool:
+    """Whether ``name`` is an agent who has been revoked (and not added again). Commands check it in the
+    transaction that would carry them out: a console keeps its stream until the revocation watcher's next tick,
+    and nothing it sends meanwhile may take effect."""
+    row = conn.execute("SELECT revoked_at FROM agents WHERE name = ?", (name,)).fetchone()
+    return row is not None and row[0] is not None
+
+
+REVOKED_SAID = "Your agent token was revoked, so the bridge carries out nothing more from this console."
+
+
 def active_token_hashes(conn: sqlite3.Connection) -> set[str]:
     """The hashes of the tokens that let an agent in now."""
     return {str(r[0]) for r in conn.execute("SELECT token_hash FROM agents WHERE revoked_at IS NULL")}

@@ -219,3 +219,5 @@ async def _run_command(bridge: Bridge, sub: Subscriber, cmd: protocol.Command) -
             cmd.id, "internal_error", "The bridge hit an error running this command; it was logged. Try again."
         )
     sub.offer((None, protocol.encode(result.to_frame())))
+    if result.error_code == "agent_revoked":  # found out before the revocation watcher's next tick
+        sub.disconnect(protocol.CLOSE_UNAUTHORIZED, "agent token revoked")

@@ -321,19 +321,41 @@ def test_lone_surrogates_are_refused_before_anything_is_stored(
     assert event_count(settings) == before
 
 
-def test_a_claim_racing_the_callers_revocation_is_refused(settings: Settings, agent_token: str) -> None:
-    """The revocation watcher closes a revoked agent's stream within a poll; a claim sent before that is refused."""
+@pytest.mark.parametrize(
+    ("name", "args"),
+    [
+        (protocol.CLAIM, {"conversation_id": CID}),
+        (protocol.ADD_NOTE, {"conversation_id": CID, "body": "written after the revocation"}),
+        (protocol.SET_STATUS, {"conversation_id": CID, "status": "resolved"}),
+        (protocol.ASSIGN, {"conversation_id": CID, "agent": "ben"}),
+        (protocol.SEND_SMS, {"conversation_id": CID, "body": "sent after the revocation"}),
+        (protocol.HOLD_CALL, {"call_sid": "CA" + "0" * 32}),
+    ],
+)
+def test_a_command_racing_the_callers_revocation_is_refused(
+    settings: Settings, agent_token: str, name: str, args: dict[str, Any]
+) -> None:
+    """The revocation watcher closes a revoked agent's stream within a poll; any command sent before that is
+    refused in the transaction that would carry it out (it used to go through, but for a claim), nothing of it is
+    logged, and the stream is closed at once."""
+    add_agents(settings, "ben")
     slow_watcher = settings.with_(revocation_poll=3600.0)  # the stream stays open: the race, made deterministic
     with TestClient(create_app(slow_watcher), base_url=BASE) as client, console(client, agent_token) as ws:
         text_in(client)
+        before = event_count(settings)
         db = open_database(settings.db_path)
         try:
             assert revoke_agent(db, "ana")
         finally:
             db.close()
-        result, _ = command(ws, "c-1", protocol.CLAIM, {"conversation_id": CID})
+        result, _ = command(ws, "c-1", name, args)
         assert result["error"]["code"] == "agent_revoked"
-    assert state(settings)[0] is None
+        with pytest.raises(WebSocketDisconnect) as closed:
+            receive(ws)
+        assert closed.value.code == protocol.CLOSE_UNAUTHORIZED
+    assert event_count(settings) == before
+    assert state(settings)[0] is None and state(settings)[1] == "open"
+    assert query(settings, "SELECT count(*) FROM messages WHERE direction = 'outbound'") == [(0,)]
 
 
 # -- status and snoozes ------------------------------------------------------------------------------------------

@@ -1084,6 +1084,19 @@ def test_bug_l_cursor_beyond_the_head_loses_events(client: TestClient, agent_tok
         assert_one_line_refusal(refused.status_code, refused.text)
 
 
+@pytest.mark.parametrize("path", ["/twilio/sms", "/twilio/sms/status", "/twilio/voice"])
+def test_bug_o_a_body_hash_that_is_not_ascii(client: TestClient, path: str) -> None:
+    """``bodySHA256`` comes from the query string, before any signature is checked: a non-ASCII one made
+    ``hmac.compare_digest`` raise TypeError (str of non-ASCII), a 500 for anyone, with no credentials."""
+    for query in ("bodySHA256=%C3%A9", "bodySHA256=%FF", "bodySHA256=" + "%E2%82%AC" * 64):
+        response = client.post(
+            f"{path}?{query}",
+            content=b'{"a":"b"}',
+            headers={"Content-Type": "application/json", "X-Twilio-Signature": "x"},
+        )
+        assert response.status_code == 403, (query, response.status_code, response.text)
+
+
 # -- found along the way -----------------------------------------------------------------------------------------
 
 

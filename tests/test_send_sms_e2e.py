@@ -840,3 +840,48 @@ async def test_kill_9_around_the_rest_call_sends_each_reply_exactly_once(tmp_pat
 async def sent_messages(http: httpx.AsyncClient, sandbox_url: str) -> list[dict[str, Any]]:
     response = await http.get(f"{sandbox_url}/sandbox/messages", params={"to": CUSTOMER})
     return [m for m in response.json() if m["direction"] == "outbound-api"]
+
+
+async def test_a_stop_committed_after_the_opt_out_check_still_stops_the_reply(settings: Settings) -> None:
+    """The customer's STOP commits between send_sms's opt-out read and the write that records the reply (a webhook
+    can land there): the reply is refused in that write, and nothing goes to Twilio."""
+    from bridge.commands import CommandRunner
+    from bridge.messaging import InboundMessage, record_inbound
+    from bridge.store import SqliteStore
+    from bridge.twilio_rest import OutgoingMessage
+    from tests.support import CUSTOMER, OUR_NUMBER, inbound_params
+
+    class Twilio:
+        created: list[OutgoingMessage] = []
+
+        async def create_message(self, message: OutgoingMessage, exclude: Any = ()) -> dict[str, Any]:
+            self.created.append(message)
+            return {"sid": "SM" + "a" * 32, "status": "queued"}
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = SqliteStore(settings.db_path)
+    await store.start()
+    twilio = Twilio()
+    runner = CommandRunner(settings, store, twilio)  # type: ignore[arg-type]
+    await store.write(lambda tx: record_inbound(tx, InboundMessage.from_params(inbound_params("hi")), None))
+    read, reads = store.read, 0
+
+    async def read_then_stop(query: Callable[[sqlite3.Connection], Any]) -> Any:
+        nonlocal reads
+        value = await read(query)
+        reads += 1
+        if reads == 3:  # the command's record, its conversation, the opt-out check: the STOP commits now
+            stop = InboundMessage.from_params(inbound_params("STOP"))
+            await store.write(lambda tx: record_inbound(tx, stop, None))
+        return value
+
+    store.read = read_then_stop  # type: ignore[method-assign]
+    args = {"conversation_id": conversation_id(OUR_NUMBER, CUSTOMER), "body": "your order shipped"}
+    cmd = protocol.Command("c-1", protocol.SEND_SMS, args)
+    try:
+        result = await runner.run("ana", cmd)
+        types = await read(lambda conn: [r[0] for r in conn.execute("SELECT type FROM events ORDER BY seq")])
+    finally:
+        await store.close()
+    assert reads >= 3 and (result.ok, result.error_code) == (False, "opted_out")
+    assert twilio.created == [] and protocol.MESSAGE_OUTBOUND not in types
