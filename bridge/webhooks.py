@@ -11,7 +11,7 @@ import json
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
-from urllib.parse import parse_qsl, unquote
+from urllib.parse import parse_qsl, unquote, unquote_to_bytes
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import PlainTextResponse, Response
@@ -110,10 +110,17 @@ def parse_form(text: str) -> Params:
     if text.count("&") >= MAX_FIELDS:
         raise ValueError(f"more than {MAX_FIELDS} fields")
     if "%" in text:
-        lowered = text.lower()
-        if "%26" in lowered or "%3d" in lowered:
+        if "%26" in text or "%3D" in text or "%3d" in text:
             return parse_qsl(text, keep_blank_values=True, encoding="utf-8", errors="strict")
-        text = unquote(text.replace("+", " "), encoding="utf-8", errors="strict")
+        text = text.replace("+", " ")
+        # A form body is ASCII (its other characters percent-encoded): then unquote's split of the text into ASCII
+        # runs, by regular expression, finds one run, the whole text, and decodes its bytes; this does the same
+        # without the split: 16.7k fewer instructions in an inbound text's ~572k through the bridge's app
+        # (callgrind).
+        if text.isascii():
+            text = unquote_to_bytes(text).decode("utf-8", "strict")
+        else:
+            text = unquote(text, encoding="utf-8", errors="strict")
     else:
         text = text.replace("+", " ")
     return [(name, value) for name, _, value in (field.partition("=") for field in text.split("&") if field)]
