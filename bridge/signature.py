@@ -93,7 +93,10 @@ def _url_plan(url: str) -> tuple[tuple[bytes, ...], str | None]:
     """
     query = parse_qs(urlsplit(url).query, keep_blank_values=True)
     body_hash = query["bodySHA256"][0] if "bodySHA256" in query else None
-    return tuple(variant.encode("utf-8") for variant in url_variants(url)), body_hash
+    # The URL as it is written first: Twilio signs the URL set in its console, which is what the public URL says.
+    given = urlparse(url).geturl()
+    variants = sorted(url_variants(url), key=lambda variant: variant != given)
+    return tuple(variant.encode("utf-8") for variant in variants), body_hash
 
 
 @functools.lru_cache(maxsize=16)
@@ -193,12 +196,14 @@ def _validate(
         signed_params = ()
     elif raw_body is not None:
         return False
-    ok = False
     signed = signing_payload("", signed_params).encode("utf-8")  # the sorted parameters: once, not per URL variant
     pads = _hmac_pads(secret, algorithm)
     given = signature.encode("utf-8", "surrogateescape")
     for candidate in variants:
         computed = base64.b64encode(_hmac(pads, candidate + signed))
-        # Evaluate every variant so timing does not reveal which one matched.
-        ok |= hmac.compare_digest(computed, given)
-    return ok
+        # Each comparison takes the same time however much of the signature is right (compare_digest). Stopping
+        # at a match tells only that the signature was good for the first URL, which its sender knew; a bad one
+        # is checked against every variant, always.
+        if hmac.compare_digest(computed, given):
+            return True
+    return False
