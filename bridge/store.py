@@ -60,9 +60,10 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StoredEvent:
-    """An event as committed: its frame is encoded once and sent to every console as is."""
+    """An event as committed: its frame is encoded once and sent to every console as is. Never changed once made
+    (not declared frozen: see ``bridge.messaging.InboundMessage``)."""
 
     seq: int
     type: str
@@ -166,13 +167,13 @@ def _encode_json(data: dict[str, Any]) -> str:
 Operation = Callable[[Tx], T]
 
 
-@dataclass
+@dataclass(slots=True)
 class _Pending:
     op: Operation[Any]
     future: asyncio.Future[Any]
 
 
-@dataclass
+@dataclass(slots=True)
 class _Outcome:
     value: Any = None
     error: BaseException | None = None
