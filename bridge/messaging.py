@@ -241,9 +241,17 @@ def is_opted_out(conn: Any, twilio_number: str, customer_number: str) -> bool:
 
 _conversation_id = functools.lru_cache(maxsize=4096)(conversation_id)
 
-# A text usually comes in an existing conversation: moving its latest-message columns (and learning where it
-# stands) is one UPDATE, which costs about 60% of an INSERT … ON CONFLICT DO UPDATE; a new one is then inserted.
-_TOUCH_CONVERSATION = "UPDATE conversations SET last_message_at = ?, last_preview = ? WHERE id = ? RETURNING status"
+# A text usually comes in an existing conversation that stays as it is: moving its latest-message columns is
+# then one UPDATE, which costs about 60% of an INSERT … ON CONFLICT DO UPDATE. Without RETURNING: SQLite returns
+# rows through a temporary table made for the statement (callgrind: 503.4k instructions per inbound webhook
+# through the app against 509.5k). Only when no row moved is the conversation looked at: new (inserted), or
+# reopened by this text.
+_TOUCH_CONVERSATION = (
+    "UPDATE conversations SET last_message_at = ?, last_preview = ? WHERE id = ? AND status NOT IN ("
+    + ", ".join(f"'{status}'" for status in sorted(REOPENED_BY_CUSTOMER))
+    + ")"
+)
+_TOUCH_ANY_CONVERSATION = "UPDATE conversations SET last_message_at = ?, last_preview = ? WHERE id = ?"
 _INSERT_CONVERSATION = (
     "INSERT INTO conversations (id, twilio_number, customer_number, created_at, last_message_at, last_preview) "
     "VALUES (?, ?, ?, ?, ?, ?)"
@@ -265,9 +273,13 @@ def record_inbound(tx: Tx, msg: InboundMessage, idempotency_token: str | None) -
     now = tx.now
     cid = _conversation_id(msg.to_number, msg.from_number)
     shown = preview(msg.body, msg.media)
-    row = tx.one(_TOUCH_CONVERSATION, (now, shown, cid))
-    if row is None:
-        tx.execute(_INSERT_CONVERSATION, (cid, msg.to_number, msg.from_number, now, now, shown))
+    reopened = False
+    if tx.execute(_TOUCH_CONVERSATION, (now, shown, cid)).rowcount == 0:
+        if tx.one("SELECT 1 FROM conversations WHERE id = ?", (cid,)) is None:
+            tx.execute(_INSERT_CONVERSATION, (cid, msg.to_number, msg.from_number, now, now, shown))
+        else:  # resolved or snoozed: this text opens it again (below, once the text is logged)
+            tx.execute(_TOUCH_ANY_CONVERSATION, (now, shown, cid))
+            reopened = True
     media = [m.to_json() for m in msg.media]
     tx.execute(_INSERT_INBOUND, (msg.sid, msg.sid, cid, msg.body, json.dumps(media) if media else "[]", now, now))
     data: dict[str, Any] = {
@@ -286,7 +298,7 @@ def record_inbound(tx: Tx, msg: InboundMessage, idempotency_token: str | None) -
     if msg.extra:
         data["details"] = msg.extra
     tx.append(protocol.MESSAGE_RECEIVED, data)
-    if row is not None and row[0] in REOPENED_BY_CUSTOMER:
+    if reopened:
         reopen_on_customer_text(tx, cid)
     intent = opt_out_intent(msg.body, msg.opt_out_type)
     if intent is not None:
