@@ -142,10 +142,8 @@ _GEO_FIELDS = ("FromCity", "FromState", "FromZip", "FromCountry", "ToCity", "ToS
 
 
 def _first_values(params: Sequence[tuple[str, str]]) -> dict[str, str]:
-    form: dict[str, str] = {}
-    for key, value in params:
-        form.setdefault(key, value)
-    return form
+    """Each name's first value (built backwards, so the first one is written last)."""
+    return dict(reversed(params))
 
 
 def _number(form: dict[str, str], name: str) -> E164:

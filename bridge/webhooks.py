@@ -123,7 +123,12 @@ def parse_form(text: str) -> Params:
             text = unquote(text, encoding="utf-8", errors="strict")
     else:
         text = text.replace("+", " ")
-    return [(name, value) for name, _, value in (field.partition("=") for field in text.split("&") if field)]
+    pairs = []
+    for field in text.split("&"):
+        if field:
+            name, _, value = field.partition("=")
+            pairs.append((name, value))
+    return pairs
 
 
 def _has_surrogate(text: str) -> bool:
