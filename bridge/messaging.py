@@ -266,7 +266,7 @@ def record_inbound(tx: Tx, msg: InboundMessage, idempotency_token: str | None) -
     # A MessageSid seen before is in messages already (an inbound text's id is its SID): a lookup, not a key.
     if tx.one(_INBOUND_SEEN, (msg.sid,)) is not None:
         return None
-    if idempotency_token and not tx.claim_keys([f"token:{idempotency_token}"]):
+    if idempotency_token and not tx.claim_key(f"token:{idempotency_token}"):
         return None
     now = tx.now
     cid = _conversation_id(msg.to_number, msg.from_number)

@@ -116,14 +116,18 @@ class Tx:
         row: sqlite3.Row | None = self.conn.execute(sql, params).fetchone()
         return row
 
+    def claim_key(self, key: str) -> bool:
+        """Record one idempotency key; False (and nothing recorded) if it was seen before."""
+        cur = self.conn.execute("INSERT OR IGNORE INTO seen_keys (key, seen_at) VALUES (?, ?)", (key, self.now))
+        return cur.rowcount == 1
+
     def claim_keys(self, keys: Iterable[str]) -> bool:
         """Record idempotency keys; False (and nothing recorded) if any was seen before."""
         keys = list(dict.fromkeys(k for k in keys if k))
         if not keys:
             return True
         if len(keys) == 1:
-            cur = self.conn.execute("INSERT OR IGNORE INTO seen_keys (key, seen_at) VALUES (?, ?)", (keys[0], self.now))
-            return cur.rowcount == 1
+            return self.claim_key(keys[0])
         # One statement for all the keys; it returns the ones it inserted (the new ones).
         values = ",".join(["(?, ?)"] * len(keys))
         params = [value for key in keys for value in (key, self.now)]
