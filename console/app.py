@@ -356,6 +356,12 @@ class SwitchboardApp(App[None]):
             )
         if self.link is not None and self.link.status.retry_at is not None:
             yield SystemCommand("Retry now", "Reconnect to the bridge without waiting", self.link.retry_now)
+        if self.main.is_mounted and self.main.drafts_elsewhere:
+            yield SystemCommand(
+                "Discard drafts of conversations not here",
+                f"{len(self.main.drafts_elsewhere)} saved draft(s) for conversations this cache does not have",
+                self.main.discard_drafts_elsewhere,
+            )
         for binding in MainScreen.BINDINGS:
             if not isinstance(binding, Binding):
                 continue

@@ -1052,6 +1052,14 @@ async def test_drafts_for_conversations_the_cache_lacks_are_kept_and_said(cache:
         await pilot.press("ctrl+q")
         await settle(pilot)
     assert saved_drafts(path) == saved  # kept for when it comes in
+    async with linked(cache, notifications=True) as (app, pilot, _link):  # until the agent discards them
+        titles = [command.title for command in app.get_system_commands(app.screen)]
+        assert "Discard drafts of conversations not here" in titles
+        app.main.discard_drafts_elsewhere()
+        await settle(pilot)
+        assert app.main.composer.drafts() == {(known, False): "for a customer we have"}
+        assert "Discard drafts of conversations not here" not in [c.title for c in app.get_system_commands(app.screen)]
+    assert saved_drafts(path) == {(known, False): "for a customer we have"}
 
 
 async def test_many_drafts_brought_back_are_one_change(cache: Cache) -> None:

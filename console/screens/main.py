@@ -218,6 +218,8 @@ class MainScreen(CallControls, Screen[None]):
         self._drafts_timer: Timer | None = None
         self._drafts_problem: str | None = None
         self._composer: Composer | None = None
+        self.drafts_elsewhere: set[str] = set()
+        """Conversations with a draft brought back from an earlier run that this cache does not have (yet)."""
         self.wrap_up_draft = ""
         self.hung_up = False
         """This agent hung up and the bridge said ok: the wrap-up dialog opens when the call is in wrap-up."""
@@ -637,17 +639,34 @@ class MainScreen(CallControls, Screen[None]):
     @work(thread=True, group="drafts-back")
     def _say_drafts_back(self, conversations: set[str], count: int) -> None:
         known = self.console_app.cache.conversation_labels(conversations)
-        self._to_ui(self._drafts_back, count, len(conversations - known.keys()))
+        self._to_ui(self._drafts_back, count, conversations - known.keys())
 
-    def _drafts_back(self, count: int, elsewhere: int) -> None:
+    def _drafts_back(self, count: int, elsewhere: set[str]) -> None:
+        self.drafts_elsewhere = elsewhere
         said = "A draft from last time is" if count == 1 else f"{count} drafts from last time are"
         said += " back in " + ("its conversation's box" if count == 1 else "their boxes") + " (✎ in the inbox)."
         if elsewhere:
             said += (
-                f" {elsewhere} {'is' if elsewhere == 1 else 'are'} for a conversation this cache does not have (yet): "
-                "kept until it comes in."
+                f" {len(elsewhere)} {'is' if len(elsewhere) == 1 else 'are'} for a conversation this cache does not "
+                "have (yet): kept until it comes in (ctrl+p: discard them)."
             )
         self.notify(said)
+
+    def discard_drafts_elsewhere(self) -> None:
+        """Forget the drafts of conversations this cache still does not have (one that came in meanwhile keeps its
+        draft)."""
+        self._discard_elsewhere(set(self.drafts_elsewhere))
+
+    @work(thread=True, group="drafts-back")
+    def _discard_elsewhere(self, conversations: set[str]) -> None:
+        known = self.console_app.cache.conversation_labels(conversations)
+        self._to_ui(self._discarded, conversations - known.keys())
+
+    def _discarded(self, gone: set[str]) -> None:
+        self.composer.discard(gone)
+        self.drafts_elsewhere &= {cid for cid, _note in self.composer.drafts()} - gone
+        self.save_drafts()
+        self.notify(f"Discarded the drafts of {len(gone)} conversation(s) not in this cache.")
 
     def on_composer_drafts_changed(self, event: Composer.DraftsChanged) -> None:
         event.stop()

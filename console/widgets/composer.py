@@ -187,6 +187,15 @@ class Composer(Vertical):
             self._bring_back(self.note_mode)
         self.post_message(self.DraftsChanged(None))
 
+    def discard(self, conversations: set[str]) -> None:
+        """Forget the drafts put aside for ``conversations`` (the box's own draft is never among them: a
+        conversation open here is in the cache)."""
+        gone = [key for key in self._drafts if key[0] in conversations and key[0] != self.conversation_id]
+        for key in gone:
+            del self._drafts[key]
+        if gone:
+            self.post_message(self.DraftsChanged(None))
+
     def draft(self, conversation_id: str | None, note: bool = False) -> str:
         """What is written for that conversation in that mode, in the box or put aside."""
         if conversation_id == self.conversation_id and note == self.note_mode:
