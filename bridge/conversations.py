@@ -363,10 +363,7 @@ class ConversationCommands:
             known = _recorded(tx, agent, cmd.id)
             if known is not None:
                 return known
-            todo, refused = action, refusal
-            if is_revoked(tx.conn, agent):  # since its console connected: the watcher has not closed it yet
-                todo, refused = None, Refusal("agent_revoked", REVOKED_SAID)
-            data, failure = attempt(tx, todo) if todo is not None else ({}, refused)
+            data, failure = carry_out(tx, agent, action, refusal)
             if failure is not None:
                 result = protocol.Result.failure(cmd.id, failure.code, str(failure))
             else:
@@ -375,6 +372,19 @@ class ConversationCommands:
             return result
 
         return await self.store.write(op)
+
+
+def carry_out(
+    tx: Tx, agent: str, action: Action | None, refusal: Refusal | None, undo: Callable[[Tx], None] | None = None
+) -> tuple[dict[str, Any], Refusal | None]:
+    """A command's action (or the refusal its arguments got), in the transaction that records its result: refused
+    if its agent was revoked since the console connected (the revocation watcher closes the stream at its next
+    tick; nothing the console sends meanwhile may take effect)."""
+    if is_revoked(tx.conn, agent):
+        return {}, Refusal("agent_revoked", REVOKED_SAID)
+    if action is None:
+        return {}, refusal
+    return attempt(tx, action, undo)
 
 
 def attempt(tx: Tx, action: Action, undo: Callable[[Tx], None] | None = None) -> tuple[dict[str, Any], Refusal | None]:

@@ -49,7 +49,7 @@ from bridge.conversations import (
     _check_keys,
     _record,
     _recorded,
-    attempt,
+    carry_out,
     format_ts,
     parse_note_body,
     parse_ts,
@@ -57,7 +57,7 @@ from bridge.conversations import (
 from bridge.phones import InvalidNumber, parse_e164
 from bridge.queues import QueueConfig
 from bridge.settings import Settings
-from bridge.store import REVOKED_SAID, SqliteStore, StoredEvent, Tx, is_revoked
+from bridge.store import SqliteStore, StoredEvent, Tx
 from bridge.twilio_rest import TwilioError, TwilioRest, TwilioUnavailable
 
 log = logging.getLogger("switchboard.bridge.handoff")
@@ -199,10 +199,7 @@ class Handoff:
             known = _recorded(tx, agent, cmd.id)
             if known is not None:
                 return known, []
-            todo, refused = action, refusal
-            if is_revoked(tx.conn, agent):  # since its console connected: the watcher has not closed it yet
-                todo, refused = None, Refusal("agent_revoked", REVOKED_SAID)
-            data, failure = attempt(tx, todo, forget_intents) if todo is not None else ({}, refused)
+            data, failure = carry_out(tx, agent, action, refusal, forget_intents)
             if failure is not None:
                 extra = failure.data if isinstance(failure, CallRefusal) else {}
                 result = protocol.Result.failure(cmd.id, failure.code, str(failure), extra)
