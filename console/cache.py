@@ -508,6 +508,18 @@ _MESSAGE_COLUMNS = (
 )
 
 
+def outbox_writing(command: str, args_json: str, conversation_id: str | None) -> tuple[str, bool, str] | None:
+    """An outbox entry as what the agent wrote: (conversation, is a note, body); None if it is not a reply or note
+    to a conversation."""
+    if command not in (protocol.SEND_SMS, protocol.ADD_NOTE):
+        return None
+    args = json.loads(args_json)
+    conversation_id = conversation_id or args.get("conversation_id")
+    if not isinstance(conversation_id, str) or not isinstance(args.get("body"), str):
+        return None
+    return conversation_id, command == protocol.ADD_NOTE, args["body"]
+
+
 class Cache:
     """One bridge profile's cache. Safe to use from several threads: each gets its own connection."""
 
@@ -797,18 +809,13 @@ class Cache:
         with self._write_lock:
             conn = self.conn()
             row = conn.execute(
-                "SELECT command, args, conversation_id FROM outbox WHERE command_id = ? AND state = 'failed' "
-                "AND command IN ('send_sms', 'add_note')",
+                "SELECT command, args, conversation_id FROM outbox WHERE command_id = ? AND state = 'failed'",
                 (command_id,),
             ).fetchone()
-            if row is None:
-                return None
-            args = json.loads(row[1])
-            conversation_id = row[2] or args.get("conversation_id")
-            if not isinstance(conversation_id, str) or not isinstance(args.get("body"), str):
-                return None
-            conn.execute("DELETE FROM outbox WHERE command_id = ?", (command_id,))
-            return conversation_id, row[0] == "add_note", args["body"]
+            writing = None if row is None else outbox_writing(row[0], row[1], row[2])
+            if writing is not None:
+                conn.execute("DELETE FROM outbox WHERE command_id = ?", (command_id,))
+            return writing
 
     def conversation_labels(self, ids: Iterable[str]) -> dict[str, tuple[str | None, str]]:
         """(customer name, customer number) for each conversation id, in one query."""

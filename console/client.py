@@ -49,7 +49,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from bridge import protocol
-from console.cache import Cache, GapError
+from console.cache import Cache, GapError, outbox_writing
 from console.stream import (
     CATCH_UP_CACHE_KIB,
     OPEN_TIMEOUT,
@@ -1090,10 +1090,9 @@ def _take_pending_writing(conn: sqlite3.Connection) -> list[tuple[str, bool, str
         (protocol.SEND_SMS, protocol.ADD_NOTE),
     ).fetchall()
     for command_id, command, args_json, conversation_id in rows:
-        args = json.loads(args_json)
-        conversation_id = conversation_id or args.get("conversation_id")
-        if isinstance(conversation_id, str) and isinstance(args.get("body"), str):
-            taken.append((conversation_id, command == protocol.ADD_NOTE, args["body"]))
+        writing = outbox_writing(command, args_json, conversation_id)
+        if writing is not None:
+            taken.append(writing)
             conn.execute("DELETE FROM outbox WHERE command_id = ?", (command_id,))
     return taken
 

@@ -4,6 +4,7 @@ composer on the right."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shlex
 import subprocess
@@ -634,12 +635,13 @@ class MainScreen(CallControls, Screen[None]):
             self.notify(file.problem, severity="warning", timeout=10)
         if drafts:
             self.composer.keep(drafts)
-            self._say_drafts_back({cid for cid, _note in drafts}, len(drafts))
+            self._not_in_cache({cid for cid, _note in drafts}, functools.partial(self._drafts_back, len(drafts)))
 
     @work(thread=True, group="drafts-back")
-    def _say_drafts_back(self, conversations: set[str], count: int) -> None:
+    def _not_in_cache(self, conversations: set[str], then: Callable[[set[str]], None]) -> None:
+        """Which of ``conversations`` the cache does not have, handed to ``then`` on the UI thread."""
         known = self.console_app.cache.conversation_labels(conversations)
-        self._to_ui(self._drafts_back, count, conversations - known.keys())
+        self._to_ui(then, conversations - known.keys())
 
     def _drafts_back(self, count: int, elsewhere: set[str]) -> None:
         self.drafts_elsewhere = elsewhere
@@ -655,12 +657,7 @@ class MainScreen(CallControls, Screen[None]):
     def discard_drafts_elsewhere(self) -> None:
         """Forget the drafts of conversations this cache still does not have (one that came in meanwhile keeps its
         draft)."""
-        self._discard_elsewhere(set(self.drafts_elsewhere))
-
-    @work(thread=True, group="drafts-back")
-    def _discard_elsewhere(self, conversations: set[str]) -> None:
-        known = self.console_app.cache.conversation_labels(conversations)
-        self._to_ui(self._discarded, conversations - known.keys())
+        self._not_in_cache(set(self.drafts_elsewhere), self._discarded)
 
     def _discarded(self, gone: set[str]) -> None:
         self.composer.discard(gone)
@@ -670,17 +667,18 @@ class MainScreen(CallControls, Screen[None]):
 
     def on_composer_drafts_changed(self, event: Composer.DraftsChanged) -> None:
         event.stop()
-        composer = self.composer
-        if event.conversation_id is None:
-            # Many at once (drafts brought back): the marks of all, a reply's over a note's.
-            marks = sorted(composer.drafts().items(), key=lambda item: not item[0][1])  # notes, then replies
-            self.inbox.show_drafts({cid: text for (cid, _note), text in marks})
+        if event.conversation_id is None:  # many at once (drafts brought back or discarded): every row's mark
+            marked = {cid for cid, _note in self.composer.drafts()}
+            self.inbox.show_drafts({cid: mark for cid in marked if (mark := self._draft_mark(cid)) is not None})
         else:  # one conversation's: its row only, drawn again if its mark changed
-            cid = event.conversation_id
-            reply, note = composer.draft(cid, False), composer.draft(cid, True)
-            self.inbox.set_draft(cid, reply if reply.strip() else note if note.strip() else None)
+            self.inbox.set_draft(event.conversation_id, self._draft_mark(event.conversation_id))
         if self._drafts_timer is None:
             self._drafts_timer = self.set_timer(DRAFTS_SAVED_AFTER, self.save_drafts)
+
+    def _draft_mark(self, conversation_id: str) -> str | None:
+        """What the inbox shows of a conversation's drafts: the reply's, else the note's, else none."""
+        reply, note = self.composer.draft(conversation_id, False), self.composer.draft(conversation_id, True)
+        return reply if reply.strip() else note if note.strip() else None
 
     def save_drafts(self) -> None:
         """Save what is written now (a small file: see ``console.drafts``); a failure is said once, not per key."""
