@@ -558,6 +558,10 @@ class Cache:
         self.bulk_texts = False
         """Insert the texts of ``apply(commit=False)`` in a thread of their own while the caller goes on (the
         catch-up helper, parsing its next frames meanwhile; see ``_TextInserts``)."""
+        self.defer_search_index = False
+        """Commit without adding the texts to the full-text index: ``index_search`` does, in a transaction of its
+        own (the catch-up helper: see ``Cache.index_search``). Until then the cache is whole but for search; any
+        later ``apply`` without this indexes what is missing."""
 
     def conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -640,7 +644,8 @@ class Cache:
             batch.flush()  # and waits for the texts' insert in flight, if any
             batch.prune_depth()
             _put_back(conn, held.set_aside)
-            _index_new_messages(conn, bulk=self.bulk_search_index)
+            if not self.defer_search_index:
+                _index_new_messages(conn, bulk=self.bulk_search_index)
             conn.execute(
                 "INSERT INTO meta (key, value) VALUES ('cursor', ?) "
                 "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
@@ -658,6 +663,29 @@ class Cache:
             self.inbox_version += 1
         self.checkpoints.after_commit()
         return applied
+
+    def index_search(self, first: Callable[[], None] | None = None) -> None:
+        """Add the texts committed since the last call to the full-text index, in a transaction of its own (see
+        ``defer_search_index``). ``first`` runs once the transaction holds the write lock, before the work.
+
+        The catch-up helper commits the catch-up without it and says so (``first``), then indexes: its texts are in
+        every thread and the inbox ~0.2 s sooner (0.13–0.23 s to index 55.6k texts into the 1M-message cache), and a
+        write of the console's meanwhile waits for this transaction like for any other. Taking the lock before
+        saying so keeps the console's own next ``apply`` from indexing them itself, with merges on."""
+        if getattr(self._local, "held", None) is not None:
+            raise RuntimeError("index_search inside an open apply(commit=False) transaction")
+        with self._write_lock:
+            conn = self.conn()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                if first is not None:
+                    first()
+                _index_new_messages(conn, bulk=self.bulk_search_index)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        self.checkpoints.after_commit()
 
     # -- reading ---------------------------------------------------------------------------------------------
 
@@ -1350,7 +1378,10 @@ class _Batch:
         if cid not in self.known:
             self.new_rows.append((cid, d["twilio_number"], d["customer_number"], at))
             self.known.add(cid)
-        return self.pending.setdefault(cid, _Summary())
+        summary = self.pending.get(cid)
+        if summary is None:  # not setdefault: that would make a _Summary for every text, to throw most away
+            summary = self.pending[cid] = _Summary()
+        return summary
 
     def ensure_conversation(self, d: dict[str, Any], at: str) -> None:
         """Insert the conversation now if the cache has not seen it (for a statement that updates it next)."""

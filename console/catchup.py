@@ -153,11 +153,16 @@ class _Writer:
             self.say({"reached": applied[-1].seq})
 
     def commit(self, *, done: bool = False) -> None:
-        """Commit the open transaction; ``done``: the catch-up is over (the console need not wait for the exit)."""
+        """Commit the open transaction, say so, then add its texts to the full-text index (``Cache.index_search``:
+        the console goes on meanwhile); ``done``: the catch-up is over (the console need not wait for the exit)."""
         self.cache.apply([], commit=True)
         if self.held or done:
             line: dict[str, Any] = {"cursor": self.cache.cursor(), "conversations": sorted(self.touched)}
-            self.say({**line, "done": True} if done else line)
+            if done:
+                line["done"] = True
+            self.cache.index_search(lambda: self.say(line))
+        else:
+            self.cache.index_search()
         self.held = 0
         self.touched = set()
         gc.collect()  # the collector is off during a catch-up (see catch_up): what cycles there are go here
@@ -192,6 +197,7 @@ async def _catch_up(params: dict[str, Any], out: TextIO) -> int:
     cache = Cache(params["cache"], migrate=False)
     cache.checkpoints.paused = True  # the console folds the log into the file once it is live again
     cache.bulk_search_index = True  # the index's segments are merged as live texts come in
+    cache.defer_search_index = True  # each commit said before its texts are indexed (see _Writer.commit)
     cache.bulk_inbox = True  # the inbox is sorted once, at the commit
     cache.bulk_texts = True  # the texts are inserted while the next frames are parsed
     until = params.get("until")

@@ -88,6 +88,33 @@ def test_a_bulk_indexed_commit_is_searchable_and_leaves_merging_on(tmp_path: Pat
     conn.execute("INSERT INTO messages_fts (messages_fts) VALUES ('integrity-check')")  # raises if it is damaged
 
 
+def test_a_deferred_search_index_comes_in_a_transaction_of_its_own(tmp_path: Path) -> None:
+    cache = Cache(tmp_path / "c.db")
+    cache.bulk_search_index = cache.defer_search_index = True  # as the catch-up helper runs
+    cache.apply([received(n, f"refund number {n}") for n in range(1, 101)])
+    assert cache.cursor() == 100 and cache.search("refund") == []  # committed, not yet searchable
+
+    other = sqlite3.connect(tmp_path / "c.db", timeout=0)
+    said: list[bool] = []
+
+    def first() -> None:  # the helper says "done" here: the write lock is already this transaction's
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            other.execute("BEGIN IMMEDIATE")
+        said.append(cache.search("refund") == [])
+
+    cache.index_search(first)
+    assert said == [True]
+    assert len(cache.search("refund", limit=500)) == 100
+    cache.index_search()  # nothing new: nothing to do
+
+    cache.apply([received(101, "refund again")])  # deferred, and never indexed by the helper (say, killed)…
+    cache.defer_search_index = False
+    cache.apply([received(102, "refund at last")])  # …a commit without deferral indexes what is missing
+    assert len(cache.search("refund", limit=500)) == 102
+    other.close()
+    cache.conn().execute("INSERT INTO messages_fts (messages_fts) VALUES ('integrity-check')")
+
+
 def test_keyset_paging_of_the_inbox(tmp_path: Path) -> None:
     cache = Cache(tmp_path / "c.db")
     events = []

@@ -884,8 +884,16 @@ from console.cache import Cache
 helper.COMMIT_EVERY = 500
 helper.CHUNK = 1  # one frame (~600 events) per hand-over, however fast they arrive: the first commit is early
 where = sys.argv[1]
-commit, apply = helper._Writer.commit, Cache.apply
+commit, apply, index_search = helper._Writer.commit, Cache.apply, Cache.index_search
 commits = []
+
+def killing_index_search(self, first=None):
+    def said_then_killed():
+        if first is not None:
+            first()
+            if where == "said-not-indexed":  # committed and said; its texts not yet in the search index
+                os.kill(os.getpid(), signal.SIGKILL)
+    index_search(self, said_then_killed)
 
 def killing_commit(self, **kwargs):
     commit(self, **kwargs)
@@ -899,7 +907,7 @@ def killing_apply(self, events, *, commit=True):
         os.kill(os.getpid(), signal.SIGKILL)  # events applied, in a transaction not committed
     return applied
 
-helper._Writer.commit, Cache.apply = killing_commit, killing_apply
+helper._Writer.commit, Cache.apply, Cache.index_search = killing_commit, killing_apply, killing_index_search
 sys.exit(helper.main())
 """
 
@@ -961,7 +969,7 @@ async def test_a_short_catch_up_stays_in_the_console(world: World) -> None:
     assert [e.seq for b in seen.batches for e in b.events] == list(range(1, 301))
 
 
-@pytest.mark.parametrize("where", ["after-commit", "mid-transaction"])
+@pytest.mark.parametrize("where", ["after-commit", "mid-transaction", "said-not-indexed"])
 async def test_a_helper_killed_mid_catch_up_loses_nothing_and_the_console_finishes(world: World, where: str) -> None:
     cache, seen = await far_behind(world, 3000, (sys.executable, "-c", HELPER_KILLED, where))
     await seen.reach(LinkState.CONNECTED, timeout=30)
@@ -975,6 +983,8 @@ async def test_a_helper_killed_mid_catch_up_loses_nothing_and_the_console_finish
     assert [e.seq for b in seen.batches for e in b.events] == list(range(committed + 1, 3001))
     assert cache.cursor() == 3000
     assert message_counts(cache) == (3000, 3000, 3000)
+    # Every text is searchable: what the helper committed but did not index, the console's own commits indexed.
+    assert cache.conn().execute("SELECT count(*) FROM messages_fts_docsize").fetchone()[0] == 3000
 
 
 # The helper as it runs, but committing only at the end and saying how far it got after every frame.
