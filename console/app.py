@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 from datetime import tzinfo
 from typing import Any
 
-from textual import events
+from textual import events, work
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.notifications import SeverityLevel
@@ -170,7 +170,7 @@ class SwitchboardApp(App[None]):
         agent = getattr(self.link, "agent", None) if self.link else None
         if agent and agent != self.agent:
             self.agent = agent
-            self.cache.set_meta("agent", agent)
+            self._remember_agent(agent)
         detail = status.detail
         if status.state is LinkState.CATCHING_UP and status.progress is not None:
             detail = f"{detail} {status.progress:.0%}"
@@ -179,6 +179,13 @@ class SwitchboardApp(App[None]):
                 f"next try in {status.retry_in:.0f} s — {detail}" if detail else f"next try in {status.retry_in:.0f} s"
             )
         self.main.post_message(messages.LinkChanged(status.state.value, detail))
+
+    @work(thread=True, group="agent")
+    def _remember_agent(self, agent: str) -> None:
+        """Keep who this console is for its next start (offline, the cache says). In a thread: a write may wait for
+        the cache's write lock, which the catch-up helper holds while it indexes its texts after saying it is done
+        (a key pressed then waited 150–180 ms for the screen, ``bench_console --trace-loop``)."""
+        self.cache.set_meta("agent", agent)
 
     @property
     def catching_up(self) -> bool:

@@ -165,7 +165,8 @@ class _Writer:
             self.cache.index_search()
         self.held = 0
         self.touched = set()
-        gc.collect()  # the collector is off during a catch-up (see catch_up): what cycles there are go here
+        if not done:  # the collector is off during a catch-up (see catch_up): what cycles there are go here
+            gc.collect()  # (once done, the helper exits: nothing to collect for)
 
     def say(self, line: dict[str, Any]) -> None:
         self.out.write(orjson.dumps(line).decode() + "\n")
