@@ -23,7 +23,7 @@ With the console (``BridgeLink._catch_up_in_helper``):
 - stdout: one JSON line per commit, ``{"cursor": N, "conversations": [...]}``, for the console's repaints, and
   between commits ``{"reached": N}`` (the last event applied, not yet committed), for its progress. The line of the
   last commit, once caught up, also says ``"done": true``: the console goes on from there without waiting for the
-  helper to exit.
+  helper to exit. Each commit's texts are added to the search index just after its line (``_Writer.commit``).
 - exit status: 0 once the stream has caught up or the cursor has reached ``until``; 1 if anything went wrong (the
   reason on stderr: the console then catches up by itself, and its own connection says what the matter is); 2 for
   bad input.

@@ -5,9 +5,10 @@
 
 The helper's ``catch_up`` runs in this process (no spawn, no console), on a fresh copy of bench_console's 1M cache
 each run, against ``bridge.cli serve`` in its own process holding the 100k events bench_console's catch-up uses.
-Reported per run: the time to caught up, the commits, and where it went (parsing, the Python of applying, the
-texts' inserts, their move in their own thread and the waits for it, the conversation updates and full-text index
-at commit), and the CPU seconds the helper (all its threads) and the bridge used meanwhile. The timings wrap the
+Reported per run: the time to the line saying it is done (what the console waits for) and to the end of
+``catch_up``, the commits, and where it went (parsing, the Python of applying, the texts' inserts, their move in
+their own thread and the waits for it, the conversation updates at commit, the full-text index after it), and the
+CPU seconds the helper (all its threads) and the bridge used meanwhile. The timings wrap the
 functions from here (benchmark side); the product runs unwrapped. Writes ``results/catchup-<UTC time>.json``.
 """
 
@@ -44,6 +45,19 @@ def timed(owner: Any, name: str, label: str) -> None:
     setattr(owner, name, wrapper)
 
 
+class Lines(io.StringIO):
+    """The helper's output, noting when it said it was done."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.done_at: float | None = None
+
+    def write(self, text: str) -> int:
+        if self.done_at is None and '"done":true' in text:
+            self.done_at = time.perf_counter()
+        return super().write(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.bench.profile_catchup", description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=3)
@@ -63,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     timed(cache_module._TextInserts, "_move", "texts moved (their thread)")
     timed(cache_module._TextInserts, "wait", "waits for the texts' thread")
     timed(cache_module._Batch, "flush", "conversation updates at commit")
-    timed(cache_module, "_index_new_messages", "full-text index")
+    timed(cache_module, "_index_new_messages", "full-text index (after the commit)")
     timed(cache_module, "_set_aside", "inbox indexes dropped")
     timed(cache_module, "_put_back", "inbox indexes made again")
     timed(cache_module.Cache, "apply", "Cache.apply in all")
@@ -88,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for n in range(args.runs):
                 scratch = bc.working_copy(big, "profile-catchup.db")
-                out = io.StringIO()
+                out = Lines()
                 TIMED.clear()
                 assert bridge.proc is not None
                 bridge_cpu = cpu_seconds(bridge.proc.pid)
@@ -100,13 +114,19 @@ def main(argv: list[str] | None = None) -> int:
                 finally:
                     bc.drop_copy(scratch)
                 seconds = time.perf_counter() - started
+                said_done = None if out.done_at is None else out.done_at - started
                 TIMED["helper CPU"] = time.process_time() - own_cpu
                 TIMED["bridge CPU"] = cpu_seconds(bridge.proc.pid) - bridge_cpu
                 commits = sum(1 for line in out.getvalue().splitlines() if '"cursor"' in line)
-                run = {"seconds": seconds, "exit": status, "commits": commits, **TIMED}
+                run = {"said_done_s": said_done, "seconds": seconds, "exit": status, "commits": commits, **TIMED}
                 runs.append(run)
                 parts = ", ".join(f"{k} {v:.2f}" for k, v in TIMED.items())
-                print(f"run {n + 1}: {seconds:.2f} s, exit {status}, {commits} commit(s); {parts}", flush=True)
+                done = "never" if said_done is None else f"{said_done:.2f} s"
+                print(
+                    f"run {n + 1}: done said at {done}, returned at {seconds:.2f} s, exit {status}, "
+                    f"{commits} commit(s); {parts}",
+                    flush=True,
+                )
         finally:
             bridge.stop()
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
