@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import logging
+import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -27,6 +29,8 @@ from console.drafts import DraftFile, drafts_file
 from console.screens.help import HelpScreen, keys_shown
 from console.screens.main import MainScreen
 from console.text import one_line
+
+log = logging.getLogger("switchboard.console.app")
 
 LinkFactory = Callable[["SwitchboardApp"], BridgeLink]
 TYPING_EVERY = 3.0
@@ -184,8 +188,12 @@ class SwitchboardApp(App[None]):
     def _remember_agent(self, agent: str) -> None:
         """Keep who this console is for its next start (offline, the cache says). In a thread: a write may wait for
         the cache's write lock, which the catch-up helper holds while it indexes its texts after saying it is done
-        (a key pressed then waited 150–180 ms for the screen, ``bench_console --trace-loop``)."""
-        self.cache.set_meta("agent", agent)
+        (a key pressed then waited 150–180 ms for the screen, ``bench_console --trace-loop``). Only the next start
+        is at stake: a failure is logged, not left to end the console (a failed worker does)."""
+        try:
+            self.cache.set_meta("agent", agent)
+        except sqlite3.Error:
+            log.warning("could not keep the agent's name in the cache", exc_info=True)
 
     @property
     def catching_up(self) -> bool:

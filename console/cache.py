@@ -561,7 +561,7 @@ class Cache:
         self.defer_search_index = False
         """Commit without adding the texts to the full-text index: ``index_search`` does, in a transaction of its
         own (the catch-up helper: see ``Cache.index_search``). Until then the cache is whole but for search; any
-        later ``apply`` without this indexes what is missing."""
+        later ``apply`` without this indexes what is missing, as does ``BridgeLink`` once a helper exits uncleanly."""
 
     def conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)

@@ -784,16 +784,31 @@ class BridgeLink:
                     # closed, it would stop, and say it failed, on its way out.
                     now = asyncio.Event()
                     ending = asyncio.create_task(
-                        _end_helper(proc, said, linger=(HELPER_EXIT, now)), name="catch-up helper exiting"
+                        self._end_helper_and_index(proc, said, linger=(HELPER_EXIT, now)),
+                        name="catch-up helper exiting",
                     )
                     self._helpers_ending[ending] = now
                     ending.add_done_callback(lambda task: self._helpers_ending.pop(task, None))
                 else:
-                    await _end_helper(proc, said)
+                    await self._end_helper_and_index(proc, said)
             finally:
                 self.helper = None
                 self._update(reached=None)  # what was not committed is rolled back
                 self.cache.checkpoints.paused = False  # the connection that follows pauses them while it catches up
+
+    async def _end_helper_and_index(
+        self,
+        proc: asyncio.subprocess.Process,
+        said: asyncio.Task[bytes],
+        linger: tuple[float, asyncio.Event] | None = None,
+    ) -> None:
+        """End the helper (``_end_helper``). If it did not exit cleanly it may have died between a commit and that
+        commit's search index (``Cache.defer_search_index``), and this process may have nothing left to apply, whose
+        commit would index them: index them now."""
+        await _end_helper(proc, said, linger)
+        if proc.returncode != 0:
+            with contextlib.suppress(RuntimeError, sqlite3.Error):  # closed, or not writable: the next apply does it
+                await self._db(self.cache.index_search)
 
     async def _ask_head(self) -> int | None:
         """The bridge's head from its /healthz, asked in a thread (None if it does not say); raises if unreachable."""
@@ -1070,7 +1085,8 @@ def _reset_cache_sync(cache: Cache) -> list[tuple[str, bool, str]]:
             for name in virtual:  # triggers have emptied them; this covers indexes without triggers
                 with contextlib.suppress(Exception):
                     conn.execute(f'INSERT INTO "{name}" ("{name}") VALUES (\'delete-all\')')
-            conn.execute("DELETE FROM meta WHERE key = 'cursor'")
+            # The index's own position too: the next messages' positions start again from 1.
+            conn.execute("DELETE FROM meta WHERE key IN ('cursor', 'fts_pos')")
             conn.execute("DELETE FROM outbox WHERE state = 'done'")
             taken = _take_pending_writing(conn)
             conn.execute("UPDATE outbox SET state = 'failed', error = ? WHERE state = 'pending'", (RESET_REASON,))

@@ -7,6 +7,7 @@ import contextlib
 import gc
 import json
 import re
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -806,6 +807,25 @@ async def test_a_reply_too_long_for_twilio_is_not_sent_and_stays_in_the_box(cach
         assert link.sent == []
         assert composer.text == "x" * 1700
         assert any("1700 characters" in str(n.message) for n in app._notifications)
+
+
+async def test_the_agents_name_is_kept_for_the_next_start_and_failing_to_does_not_end_the_console(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Written from a worker thread (the catch-up helper may hold the cache's write lock): a write that fails there
+    would end the console, where on the link's callback it was logged."""
+    cache = Cache(tmp_path / "cache.db")
+    async with linked(cache) as (app, _pilot, link):
+        assert app.agent == link.me and cache.meta("agent") == link.me
+
+    def locked(key: str, value: str) -> None:
+        raise sqlite3.OperationalError("database is locked")
+
+    other = Cache(tmp_path / "other.db")
+    monkeypatch.setattr(other, "set_meta", locked)
+    async with linked(other) as (app, pilot, link):
+        await settle(pilot)
+        assert app.is_running and app.agent == link.me and other.meta("agent") is None
 
 
 async def test_another_agent_who_stops_saying_so_is_no_longer_shown_typing_or_here(

@@ -478,6 +478,7 @@ async def test_a_cache_from_another_bridge_is_refused_and_can_be_reset(world: Wo
     seen.link.start()
     await seen.reach(LinkState.CONNECTED)
     assert cache.cursor() == 1 and [m.body for m in cache.messages(CID)] == ["this bridge's only text"]
+    assert [m.body for m in cache.search("only text")] == ["this bridge's only text"]
     assert world.twilio.created == []  # the other bridge's command was never sent here
 
 
@@ -886,16 +887,20 @@ helper.CHUNK = 1  # one frame (~600 events) per hand-over, however fast they arr
 where = sys.argv[1]
 commit, apply, index_search = helper._Writer.commit, Cache.apply, Cache.index_search
 commits = []
+done = []
 
 def killing_index_search(self, first=None):
     def said_then_killed():
         if first is not None:
             first()
-            if where == "said-not-indexed":  # committed and said; its texts not yet in the search index
+            # Committed and said; its texts not yet in the search index.
+            if where == "said-not-indexed" or (where == "done-not-indexed" and done):
                 os.kill(os.getpid(), signal.SIGKILL)
     index_search(self, said_then_killed)
 
 def killing_commit(self, **kwargs):
+    if kwargs.get("done"):
+        done.append(True)
     commit(self, **kwargs)
     commits.append(self.cache.cursor())
     if where == "after-commit":
@@ -985,6 +990,19 @@ async def test_a_helper_killed_mid_catch_up_loses_nothing_and_the_console_finish
     assert message_counts(cache) == (3000, 3000, 3000)
     # Every text is searchable: what the helper committed but did not index, the console's own commits indexed.
     assert cache.conn().execute("SELECT count(*) FROM messages_fts_docsize").fetchone()[0] == 3000
+
+
+async def test_a_helper_killed_after_saying_it_is_done_leaves_every_text_searchable(world: World) -> None:
+    """Killed after its last line, before that commit's texts were in the search index: the console has nothing
+    left to apply (no commit of its own indexes them), so it indexes them once the helper has gone."""
+    cache, seen = await far_behind(world, 3000, (sys.executable, "-c", HELPER_KILLED, "done-not-indexed"))
+    await seen.reach(LinkState.CONNECTED, timeout=30)
+    assert world.attempts == ["after=0&batch=1", "after=3000&batch=1"] and cache.cursor() == 3000
+    assert not [b for b in seen.batches if b.events]
+    async with asyncio.timeout(10):
+        await seen.link.stop()  # waits for the helper that said it was done
+    assert cache.conn().execute("SELECT count(*) FROM messages_fts_docsize").fetchone()[0] == 3000
+    assert len(cache.search("text", limit=5000)) == 3000
 
 
 # The helper as it runs, but committing only at the end and saying how far it got after every frame.
