@@ -6,12 +6,13 @@ the bridge is away. No textual import: screens call these functions from thread 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import json
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -594,6 +595,22 @@ class Cache:
                 (key, value),
             )
 
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """This thread's connection in a write transaction (``BEGIN IMMEDIATE``), committed when the block ends and
+        rolled back if it raises. Writes from this process's other threads wait for it, as for ``apply``'s."""
+        if getattr(self._local, "held", None) is not None:  # the write lock is this thread's already: never free
+            raise RuntimeError("a transaction inside an open apply(commit=False) transaction")
+        with self._write_lock:
+            conn = self.conn()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
     # -- applying events -------------------------------------------------------------------------------------
 
     def apply(self, events: Sequence[protocol.Event], *, commit: bool = True) -> list[protocol.Event]:
@@ -672,19 +689,10 @@ class Cache:
         every thread and the inbox ~0.2 s sooner (0.13–0.23 s to index 55.6k texts into the 1M-message cache), and a
         write of the console's meanwhile waits for this transaction like for any other. Taking the lock before
         saying so keeps the console's own next ``apply`` from indexing them itself, with merges on."""
-        if getattr(self._local, "held", None) is not None:
-            raise RuntimeError("index_search inside an open apply(commit=False) transaction")
-        with self._write_lock:
-            conn = self.conn()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                if first is not None:
-                    first()
-                _index_new_messages(conn, bulk=self.bulk_search_index)
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+        with self.transaction() as conn:
+            if first is not None:
+                first()
+            _index_new_messages(conn, bulk=self.bulk_search_index)
         self.checkpoints.after_commit()
 
     # -- reading ---------------------------------------------------------------------------------------------
@@ -805,18 +813,11 @@ class Cache:
         """Take ``seen[id]`` off each conversation's unread count, in one transaction: the texts an agent saw
         unread while the cache could not be written (see ``MainScreen._load_header``). Texts that came in after
         them stay unread."""
-        with self._write_lock:
-            conn = self.conn()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                conn.executemany(
-                    "UPDATE conversations SET unread = max(0, unread - ?) WHERE id = ? AND unread != 0",
-                    [(count, conversation_id) for conversation_id, count in seen.items()],
-                )
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+        with self.transaction() as conn:
+            conn.executemany(
+                "UPDATE conversations SET unread = max(0, unread - ?) WHERE id = ? AND unread != 0",
+                [(count, conversation_id) for conversation_id, count in seen.items()],
+            )
 
     def mark_unread(self, conversation_id: str) -> None:
         with self._write_lock:

@@ -852,26 +852,18 @@ class BridgeLink:
         return command_id
 
     def _enqueue_sync(self, command_id: str, name: str, args: dict[str, Any], conversation_id: str | None) -> int:
-        with self.cache._write_lock:
-            conn = self.cache.conn()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                # Strictly after every command already there, even if the clock stepped back: the outbox's order
-                # is the order commands were made.
-                created_at = datetime.now(UTC).isoformat(timespec="microseconds")
-                last = conn.execute("SELECT max(created_at) FROM outbox").fetchone()[0]
-                if last is not None and created_at <= last:
-                    later = datetime.fromisoformat(last) + timedelta(microseconds=1)
-                    created_at = later.isoformat(timespec="microseconds")
-                conn.execute(
-                    "INSERT INTO outbox (command_id, command, args, conversation_id, created_at) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    (command_id, name, json.dumps(args, ensure_ascii=False), conversation_id, created_at),
-                )
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+        with self.cache.transaction() as conn:
+            # Strictly after every command already there, even if the clock stepped back: the outbox's order is
+            # the order commands were made.
+            created_at = datetime.now(UTC).isoformat(timespec="microseconds")
+            last = conn.execute("SELECT max(created_at) FROM outbox").fetchone()[0]
+            if last is not None and created_at <= last:
+                later = datetime.fromisoformat(last) + timedelta(microseconds=1)
+                created_at = later.isoformat(timespec="microseconds")
+            conn.execute(
+                "INSERT INTO outbox (command_id, command, args, conversation_id, created_at) VALUES (?, ?, ?, ?, ?)",
+                (command_id, name, json.dumps(args, ensure_ascii=False), conversation_id, created_at),
+            )
         return _pending_count(self.cache)
 
     async def _send_pending(self, session: _Session) -> None:
@@ -1066,34 +1058,27 @@ def _pending_count(cache: Cache) -> int:
 def _reset_cache_sync(cache: Cache) -> list[tuple[str, bool, str]]:
     """Empty every table of cached events (whatever tables the cache has), keep the outbox and the migrations;
     take the pending replies and notes out of the outbox and return them (see ``BridgeLink.reset_cache``)."""
-    with cache._write_lock:
-        conn = cache.conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            rows = conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table'").fetchall()
-            virtual = [str(r[0]) for r in rows if str(r[1] or "").upper().startswith("CREATE VIRTUAL TABLE")]
-            for row in rows:
-                name = str(row[0])
-                if (
-                    name in virtual
-                    or name in ("outbox", "meta")
-                    or name.startswith(("sqlite_", "_sqlite_migrations"))
-                    or any(name.startswith(f"{v}_") for v in virtual)  # a virtual table's own storage
-                ):
-                    continue
-                conn.execute(f'DELETE FROM "{name}"')
-            for name in virtual:  # triggers have emptied them; this covers indexes without triggers
-                with contextlib.suppress(Exception):
-                    conn.execute(f'INSERT INTO "{name}" ("{name}") VALUES (\'delete-all\')')
-            # The index's own position too: the next messages' positions start again from 1.
-            conn.execute("DELETE FROM meta WHERE key IN ('cursor', 'fts_pos')")
-            conn.execute("DELETE FROM outbox WHERE state = 'done'")
-            taken = _take_pending_writing(conn)
-            conn.execute("UPDATE outbox SET state = 'failed', error = ? WHERE state = 'pending'", (RESET_REASON,))
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+    with cache.transaction() as conn:
+        rows = conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table'").fetchall()
+        virtual = [str(r[0]) for r in rows if str(r[1] or "").upper().startswith("CREATE VIRTUAL TABLE")]
+        for row in rows:
+            name = str(row[0])
+            if (
+                name in virtual
+                or name in ("outbox", "meta")
+                or name.startswith(("sqlite_", "_sqlite_migrations"))
+                or any(name.startswith(f"{v}_") for v in virtual)  # a virtual table's own storage
+            ):
+                continue
+            conn.execute(f'DELETE FROM "{name}"')
+        for name in virtual:  # triggers have emptied them; this covers indexes without triggers
+            with contextlib.suppress(Exception):
+                conn.execute(f'INSERT INTO "{name}" ("{name}") VALUES (\'delete-all\')')
+        # The index's own position too: the next messages' positions start again from 1.
+        conn.execute("DELETE FROM meta WHERE key IN ('cursor', 'fts_pos')")
+        conn.execute("DELETE FROM outbox WHERE state = 'done'")
+        taken = _take_pending_writing(conn)
+        conn.execute("UPDATE outbox SET state = 'failed', error = ? WHERE state = 'pending'", (RESET_REASON,))
     return taken
 
 
